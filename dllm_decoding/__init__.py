@@ -1,0 +1,25 @@
+"""dllm-decoding: composable decoding strategies for diffusion language models.
+
+>>> import dllm_decoding as dd
+>>> out = dd.generate(model, prompt_ids, strategy="credit_decoding", gen_length=64, block_length=32)
+>>> out.sequences, out.nfe
+"""
+
+from .components import Component, NoOptions
+from .errors import ConfigError, DecodingError, InputError, ModelError, PluginError
+from .hookspecs import hookimpl, hookspec
+from .state import DecodeState, GenerateOutput, Proposal, StepRecord
+from .models import (CallableModel, DecodeSession, Denoiser, HFMaskedDiffusionModel, as_model)
+from .manager import get_registry, make_plugin_manager, reset_default_registry
+from .config import Strategy, list_strategies, load_strategy
+from .loop import generate
+from .trace import Trace, TraceRecorder
+
+__all__ = [
+    "CallableModel", "Component", "ConfigError", "DecodeSession", "DecodeState", "DecodingError",
+    "Denoiser", "GenerateOutput", "HFMaskedDiffusionModel", "InputError", "ModelError",
+    "NoOptions", "PluginError", "Proposal", "StepRecord", "Strategy", "Trace", "TraceRecorder",
+    "as_model", "generate", "get_registry", "hookimpl", "hookspec", "list_strategies",
+    "load_strategy", "make_plugin_manager", "reset_default_registry",
+]
+__version__ = "0.1.0"

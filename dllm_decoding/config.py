@@ -1,0 +1,284 @@
+"""Strategies are configuration: pydantic models loaded from presets, TOML, dicts or objects.
+
+A strategy names one component per hook point (a list, in order, for ``fuse``) plus the
+generation options. Options are overridden with dotted keys, the same in Python and on the
+command line: ``select.threshold=0.8``, ``fuse.credit.alpha=0.5``, ``steps=64``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .components import Component
+from .errors import ConfigError, did_you_mean
+from .manager import PluginRegistry, get_registry
+
+
+class ComponentConfig(BaseModel):
+    """``use`` names the component; every other key is one of its options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    use: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        """Accept a component instance or a bare name as shorthand."""
+        if isinstance(value, Component):
+            return {"use": value.name, **value.options.model_dump()}
+        if isinstance(value, str):
+            return {"use": value}
+        return value
+
+
+class Strategy(BaseModel):
+    """A complete decoding strategy: components per hook point plus generation options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    fuse: list[ComponentConfig] = Field(default_factory=list)
+    score: ComponentConfig = ComponentConfig(use="confidence")
+    select: ComponentConfig
+    remask: ComponentConfig | None = None
+    observers: list[ComponentConfig] = Field(default_factory=list)
+    gen_length: int = Field(64, gt=0, description="answer positions to generate")
+    block_length: int | None = Field(None, gt=0, description="semi-AR block size; default: gen_length")
+    steps: int | None = Field(None, gt=0, description="schedule steps over all blocks; default: gen_length")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy argmax")
+    max_steps_per_block: int | None = Field(
+        None, gt=0, description="remasking strategies: steps per block after which remask stops")
+
+    @field_validator("fuse", "observers", mode="before")
+    @classmethod
+    def _component_list(cls, value: Any) -> Any:
+        if isinstance(value, (ComponentConfig, Component, str, Mapping)):
+            value = [value]
+        return [ComponentConfig.of(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    @field_validator("score", "select", "remask", mode="before")
+    @classmethod
+    def _component(cls, value: Any) -> Any:
+        return ComponentConfig.of(value)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Strategy:
+        block = self.effective_block_length
+        if self.gen_length % block:
+            raise ValueError(
+                f"block_length={block} does not divide gen_length={self.gen_length}; choose a "
+                f"block_length among the divisors of gen_length "
+                f"({', '.join(str(d) for d in _divisors(self.gen_length))})")
+        blocks = self.gen_length // block
+        if self.effective_steps % blocks:
+            raise ValueError(
+                f"steps={self.effective_steps} is not a multiple of the number of blocks "
+                f"({blocks} = gen_length {self.gen_length} / block_length {block}); steps are "
+                f"split evenly over blocks")
+        return self
+
+    @property
+    def effective_block_length(self) -> int:
+        return self.block_length or self.gen_length
+
+    @property
+    def effective_steps(self) -> int:
+        return self.steps or self.gen_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.effective_steps // (self.gen_length // self.effective_block_length)
+
+    def components(self) -> list[tuple[str, ComponentConfig]]:
+        """(where, config) for every component, ``where`` being its dotted config path."""
+        out = [(f"fuse.{c.use}", c) for c in self.fuse]
+        out += [("score", self.score), ("select", self.select)]
+        if self.remask is not None:
+            out.append(("remask", self.remask))
+        out += [(f"observers.{c.use}", c) for c in self.observers]
+        return out
+
+    def instantiate(self, registry: PluginRegistry | None = None) -> list[Component]:
+        """Validate every component's options and build the component instances."""
+        registry = registry or get_registry()
+        instances = []
+        for where, cfg in self.components():
+            point = where.split(".")[0]
+            point = "observer" if point == "observers" else point
+            cls = registry.component(cfg.use, point, where=where)
+            instances.append(cls(_validate_options(cls, cfg, where)))
+        return instances
+
+    def resolved(self, registry: PluginRegistry | None = None) -> dict[str, Any]:
+        """The strategy as a plain dict with every component option filled in (defaults too)."""
+        data = self.model_dump(exclude_none=False)
+        comps = self.instantiate(registry)
+        for (where, _), comp in zip(self.components(), comps):
+            full = {"use": comp.name, **comp.options.model_dump()}
+            head = where.split(".")[0]
+            if head in ("fuse", "observers"):
+                idx = [c.use for c in getattr(self, head)].index(comp.name)
+                data[head][idx] = full
+            else:
+                data[head] = full
+        data["block_length"] = self.effective_block_length
+        data["steps"] = self.effective_steps
+        return data
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _validate_options(cls: type[Component], cfg: ComponentConfig, where: str) -> BaseModel:
+    fields = cls.Options.model_fields
+    for key in cfg.options:
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown option {key!r} for component {cls.name!r}; "
+                              f"{did_you_mean(key, fields)}")
+    try:
+        return cls.Options.model_validate(cfg.options)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, prefix=f"{where}.", component=cls.name)) from None
+
+
+def _explain(exc: ValidationError, prefix: str = "", component: str | None = None) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = prefix + ".".join(str(x) for x in err["loc"]) if err["loc"] else prefix.rstrip(".")
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        parts.append(f"{loc}: {err['msg']}{got}")
+    where = f" of component {component!r}" if component else ""
+    return f"invalid option{where}: " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override_value(text: str) -> Any:
+    """Parse a command-line value as a TOML value (numbers, booleans, lists); else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["select.threshold=0.8", ...]`` -> ``{"select.threshold": 0.8}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value "
+                              f"(e.g. select.threshold=0.8)")
+        out[key.strip()] = parse_override_value(value.strip())
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of the raw strategy dict with dotted-key overrides applied."""
+    data = copy.deepcopy(data)
+    fields = Strategy.model_fields
+    for key, value in overrides.items():
+        parts = key.split(".")
+        head = parts[0]
+        if head not in fields:
+            raise ConfigError(f"override {key!r}: unknown strategy field {head!r}; "
+                              f"{did_you_mean(head, fields)}")
+        if len(parts) == 1:
+            data[head] = value
+            continue
+        if head in ("fuse", "observers"):
+            entries = [ComponentConfig.of(e) for e in data.get(head) or []]
+            entries = [dict(e) if isinstance(e, Mapping) else e.model_dump() for e in entries]
+            if len(parts) != 3:
+                raise ConfigError(f"override {key!r}: use {head}.<component>.<option>, "
+                                  f"e.g. {head}.credit.alpha=0.5")
+            name, option = parts[1], parts[2]
+            if name.isdigit() and int(name) < len(entries):
+                matches = [int(name)]
+            else:
+                matches = [i for i, e in enumerate(entries) if e.get("use") == name]
+            if len(matches) != 1:
+                present = [e.get("use", "?") for e in entries]
+                what = "appears more than once" if matches else "is not in this strategy"
+                raise ConfigError(f"override {key!r}: {head} component {name!r} {what}; "
+                                  f"{head} components here: {present or '(none)'} "
+                                  f"(address them by position, e.g. {head}.0.{option})")
+            entries[matches[0]][option] = value
+            data[head] = entries
+            continue
+        if head not in ("score", "select", "remask") or len(parts) != 2:
+            raise ConfigError(f"override {key!r}: {head!r} takes no sub-keys"
+                              if head not in ("score", "select", "remask")
+                              else f"override {key!r}: use {head}.<option>")
+        entry = ComponentConfig.of(data.get(head))
+        if entry is None:
+            if parts[1] != "use":
+                raise ConfigError(f"override {key!r}: this strategy has no {head} component; "
+                                  f"set {head}.use=<name> first")
+            entry = {}
+        entry = dict(entry) if isinstance(entry, Mapping) else entry.model_dump()
+        if parts[1] == "use" and entry.get("use") != value:
+            entry = {}  # a different component: its options start from its own defaults
+        entry[parts[1]] = value
+        data[head] = entry
+    return data
+
+
+def _read_toml(path: Any) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"strategy file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"strategy file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def strategy_source(spec: str | Path, registry: PluginRegistry) -> dict[str, Any]:
+    """Raw dict of a preset name or a TOML path."""
+    if isinstance(spec, Path) or str(spec).endswith(".toml") or "/" in str(spec):
+        return _read_toml(Path(spec))
+    if spec not in registry.presets:
+        raise ConfigError(f"unknown strategy {spec!r}; {did_you_mean(str(spec), registry.presets)}"
+                          f" (or pass a path to a .toml file)")
+    source = registry.presets[spec]
+    return dict(source) if isinstance(source, Mapping) else _read_toml(source)
+
+
+def load_strategy(spec: str | Path | Mapping[str, Any] | Strategy,
+                  overrides: Mapping[str, Any] | None = None,
+                  registry: PluginRegistry | None = None) -> Strategy:
+    """Load a strategy from a preset name, a TOML path, a dict or a :class:`Strategy`, apply
+    dotted overrides, and validate everything, component options included."""
+    registry = registry or get_registry()
+    if isinstance(spec, Strategy):
+        data = spec.model_dump(exclude_unset=True)
+    elif isinstance(spec, Mapping):
+        data = dict(spec)
+    elif isinstance(spec, (str, Path)):
+        data = strategy_source(spec, registry)
+    else:
+        raise ConfigError(f"strategy must be a preset name, a .toml path, a dict or a Strategy, "
+                          f"not {type(spec).__name__}")
+    data = apply_overrides(data, overrides or {})
+    try:
+        strategy = Strategy.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc).replace("invalid option: ", "invalid strategy: ")) from None
+    strategy.instantiate(registry)  # validates component names and options now, not mid-decode
+    return strategy
+
+
+def list_strategies(registry: PluginRegistry | None = None) -> list[str]:
+    """Names of all registered strategy presets (built-in and from plugins)."""
+    return sorted((registry or get_registry()).presets)

@@ -1,0 +1,149 @@
+"""Hook specifications: the whole contract between the core loop and plugins.
+
+Every function here is a docstring-only spec in pytest's style. Hooks are always called with
+keyword arguments only, so an implementation may accept any subset of the parameters, in any
+order.
+
+There are two kinds of hooks:
+
+* **Discovery hooks** (``dllm_decoding_*``) are implemented by plugin *modules* (built-in ones in
+  ``dllm_decoding.plugins`` and third-party ones found through the ``dllm_decoding`` entry-point
+  group). They tell the framework which components exist.
+* **Component hooks** (``fuse``, ``score``, ``select``, ``remask`` and the ``on_*`` lifecycle
+  hooks) are implemented by *component instances*: a strategy names one component per hook point
+  (several, in order, for ``fuse``), the core instantiates them with their validated options and
+  calls them once per step with batched tensors, never per token.
+
+Tensor conventions for component hooks: ``B`` rows, ``T = prompt_length + gen_length`` positions,
+``V`` vocabulary entries. Hooks see the whole batch; ``state.active_rows`` says which rows are
+being decoded this step (logits of inactive rows are zeros and their results are ignored).
+A hook never modifies its inputs in place; it returns new tensors.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "dllm_decoding"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# --------------------------------------------------------------------------- discovery hooks
+
+
+@hookspec
+def dllm_decoding_register_components(register):
+    """Register decoding components (subclasses of :class:`dllm_decoding.Component`).
+
+    :param register: call ``register(ComponentClass)`` once per component. A component's
+        ``name`` must be unique across all plugins; registering a second component under an
+        existing name is an error that names both plugins.
+
+    All implementations are called.
+    """
+
+
+@hookspec
+def dllm_decoding_register_strategies(register):
+    """Register strategy presets shipped by a plugin.
+
+    :param register: call ``register(name, source)`` where ``source`` is a path to a TOML file
+        or a mapping with the same content. Preset names must be unique.
+
+    All implementations are called.
+    """
+
+
+# --------------------------------------------------------------------------- step hooks
+
+
+@hookspec
+def fuse(state, logits):
+    """Transform this step's logits before scoring (credit fusion, temperature, processors).
+
+    :param state: the :class:`~dllm_decoding.state.DecodeState` of this decode.
+    :param logits: float tensor ``(B, T, V)``: the model's logits, or the previous fuse
+        component's output. Must not be modified in place.
+    :return: a new float tensor of the same shape and dtype.
+
+    Fuse components run one after another in the order the strategy lists them; each receives
+    the previous one's result.
+    """
+
+
+@hookspec(firstresult=True)
+def score(state, logits):
+    """Propose a token and a confidence for every position.
+
+    :param state: the decode state.
+    :param logits: the fused logits ``(B, T, V)``.
+    :return: a :class:`~dllm_decoding.state.Proposal` (``tokens`` ``(B, T)`` long,
+        ``confidence`` ``(B, T)`` float, larger = more certain).
+
+    First result wins; a strategy has exactly one score component.
+    """
+
+
+@hookspec(firstresult=True)
+def select(state, proposal):
+    """Choose which open positions of the current block commit their proposed token now.
+
+    :param state: the decode state (``state.open`` and ``state.block_mask`` say what may be
+        chosen; ``state.block_step`` and ``state.steps_per_block`` give the schedule position).
+    :param proposal: the :class:`~dllm_decoding.state.Proposal` of this step.
+    :return: bool tensor ``(B, T)``. The core intersects it with the open positions of the
+        current block of active rows and, for a row that would commit nothing, commits its most
+        confident open position (the progress guarantee).
+
+    First result wins; a strategy has exactly one select component.
+    """
+
+
+@hookspec(firstresult=True)
+def remask(state, proposal, commit):
+    """Optionally send already decided positions of the current block back to noise.
+
+    :param state: the decode state, *after* this step's commits were applied.
+    :param proposal: this step's proposal.
+    :param commit: bool ``(B, T)``: the positions committed in this step.
+    :return: bool tensor ``(B, T)`` of positions to reopen. The core restricts it to decided
+        positions of the current block, never reopens everything that was decided in a row, and
+        stops calling ``remask`` once a block has used ``max_steps_per_block`` steps, so every
+        decode ends.
+
+    First result wins; at most one remask component per strategy.
+    """
+
+
+# --------------------------------------------------------------------------- lifecycle hooks
+
+
+@hookspec
+def on_decode_start(state):
+    """Called once after the decode state is built, before the first forward.
+
+    Stateful components initialise their per-decode memory here, in
+    ``state.plugin_state[self.state_key]`` (never on ``self``: one strategy object may serve
+    concurrent decodes).
+    """
+
+
+@hookspec
+def on_block_start(state):
+    """Called when a new semi-autoregressive block starts (``state.block_index`` is set)."""
+
+
+@hookspec
+def on_step_end(state, record):
+    """Called after every step with the step's :class:`~dllm_decoding.state.StepRecord`.
+
+    Observers (trace recorder, progress bars) use it. Skipped entirely, record and all, when no
+    component implements it.
+    """
+
+
+@hookspec
+def on_decode_end(state, output):
+    """Called once with the finished :class:`~dllm_decoding.state.GenerateOutput`."""

@@ -1,0 +1,334 @@
+"""The core denoising loop: one forward per step, then fuse -> score -> select -> remask.
+
+The core, not the plugins, guarantees: prompt tokens never change; commits are restricted to
+open positions of the current block of active rows; every active row commits at least one
+position per step; blocks finish in order; finished rows stop costing forwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+
+from . import hookspecs
+from .components import Component
+from .config import Strategy, load_strategy
+from .errors import InputError, ModelError, PluginError
+from .manager import PluginRegistry, get_registry
+from .models import as_denoiser, check_logits
+from .state import DecodeState, GenerateOutput, Proposal, StepRecord
+
+_STEP_HOOKS = ("fuse", "score", "select", "remask")
+_LIFECYCLE_HOOKS = ("on_decode_start", "on_block_start", "on_step_end", "on_decode_end")
+
+
+class Pipeline:
+    """The component instances of one strategy, registered with their own plugin manager.
+
+    Each hook is called per component (through a pluggy subset caller), so ``fuse`` can chain in
+    the configured order and an exception names the component and the hook it came from.
+    """
+
+    def __init__(self, components: Sequence[Component]) -> None:
+        self.components = list(components)
+        pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        pm.add_hookspecs(hookspecs)
+        for i, comp in enumerate(self.components):
+            try:
+                pm.register(comp, name=f"{i}:{comp.name}")
+            except pluggy.PluginValidationError as exc:
+                raise PluginError(f"component {comp.name!r}: invalid hook implementation: {exc}") from exc
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"component {exc.plugin!r} implements an unknown hook: {exc}") from exc
+        self._callers: dict[str, list[tuple[Component, Any]]] = {}
+        for hook in _STEP_HOOKS + _LIFECYCLE_HOOKS:
+            callers = []
+            for comp in self.components:
+                impls = [i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is comp]
+                if not impls:
+                    continue
+                if hook in _STEP_HOOKS and hook != comp.hook_point:
+                    raise PluginError(f"component {comp.name!r} is a {comp.hook_point} component "
+                                      f"but also implements the {hook!r} hook; a component "
+                                      f"implements one step hook")
+                others = [c for c in self.components if c is not comp]
+                callers.append((comp, pm.subset_hook_caller(hook, remove_plugins=others)))
+            self._callers[hook] = callers
+        self.plugin_manager = pm
+
+    def has(self, hook: str) -> bool:
+        return bool(self._callers[hook])
+
+    def call(self, hook: str, comp: Component, caller: Any, **kwargs: Any) -> Any:
+        try:
+            result = caller(**kwargs)
+        except Exception as exc:
+            raise PluginError(f"component {comp.name!r} ({type(comp).__module__}."
+                              f"{type(comp).__qualname__}) raised in hook {hook!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(result, list):  # non-firstresult hooks return a list of one
+            result = result[0] if result else None
+        return result
+
+    def broadcast(self, hook: str, **kwargs: Any) -> None:
+        for comp, caller in self._callers[hook]:
+            self.call(hook, comp, caller, **kwargs)
+
+    def fuse(self, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
+        for comp, caller in self._callers["fuse"]:
+            version = logits._version
+            out = self.call("fuse", comp, caller, state=state, logits=logits)
+            _check_untouched(comp, "fuse", "logits", logits, version)
+            if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
+                raise PluginError(f"component {comp.name!r}: fuse must return a tensor of shape "
+                                  f"{tuple(logits.shape)}, got {_describe(out)}")
+            logits = out
+        return logits
+
+    def first(self, hook: str, **kwargs: Any) -> Any:
+        comp, caller = self._callers[hook][0]
+        tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        if isinstance(kwargs.get("proposal"), Proposal):
+            p = kwargs["proposal"]
+            tensors.update(tokens=p.tokens, confidence=p.confidence, logits=p.logits)
+        versions = {k: v._version for k, v in tensors.items()}
+        result = self.call(hook, comp, caller, **kwargs)
+        for k, v in tensors.items():
+            _check_untouched(comp, hook, k, v, versions[k])
+        return comp, result
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return repr(value) if value is None else type(value).__name__
+
+
+def _check_untouched(comp: Component, hook: str, name: str, tensor: torch.Tensor, version: int) -> None:
+    if tensor._version != version:
+        raise PluginError(f"component {comp.name!r} modified its input {name!r} in place in hook "
+                          f"{hook!r}; hooks must return new tensors (e.g. x = x + y, not x += y)")
+
+
+def _check_mask(comp: Component, hook: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or tuple(value.shape) != shape:
+        raise PluginError(f"component {comp.name!r}: {hook} must return a bool tensor of shape "
+                          f"{shape}, got {_describe(value)}")
+    return value
+
+
+def _check_proposal(comp: Component, value: Any, shape: tuple[int, int], vocab: int) -> Proposal:
+    if not isinstance(value, Proposal):
+        raise PluginError(f"component {comp.name!r}: score must return a Proposal, got {_describe(value)}")
+    if tuple(value.tokens.shape) != shape or value.tokens.dtype != torch.long:
+        raise PluginError(f"component {comp.name!r}: Proposal.tokens must be a long tensor of shape "
+                          f"{shape}, got {_describe(value.tokens)}")
+    if tuple(value.confidence.shape) != shape or not value.confidence.is_floating_point():
+        raise PluginError(f"component {comp.name!r}: Proposal.confidence must be a float tensor of "
+                          f"shape {shape}, got {_describe(value.confidence)}")
+    return value
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
+                  vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(prompt_ids, (list, tuple)):
+        try:
+            prompt_ids = torch.tensor(prompt_ids, dtype=torch.long)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"prompt_ids: cannot make a tensor from the given list ({exc}); "
+                             f"pass a LongTensor (batch, prompt_length), left-padded") from None
+    if not isinstance(prompt_ids, torch.Tensor):
+        raise InputError(f"prompt_ids must be a LongTensor (batch, prompt_length), got "
+                         f"{type(prompt_ids).__name__}")
+    if prompt_ids.dim() == 1:
+        prompt_ids = prompt_ids[None]
+    if prompt_ids.dim() != 2:
+        raise InputError(f"prompt_ids must have shape (batch, prompt_length), got {tuple(prompt_ids.shape)}")
+    if prompt_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise InputError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
+    prompt_ids = prompt_ids.to(torch.long)
+    if prompt_ids.shape[0] == 0:
+        raise InputError("prompt_ids is an empty batch (0 rows); pass at least one prompt")
+    if prompt_ids.shape[1] == 0:
+        raise InputError("prompt_ids has no tokens; pass at least one prompt token per row")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(prompt_ids)
+    else:
+        attention_mask = torch.as_tensor(attention_mask)
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask[None]
+        if attention_mask.shape != prompt_ids.shape:
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected the "
+                             f"prompt's shape {tuple(prompt_ids.shape)}")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise InputError("attention_mask must contain only 0 (padding) and 1 (token)")
+        attention_mask = attention_mask.to(torch.long)
+        if bool((attention_mask.diff(dim=1) < 0).any()):
+            raise InputError("attention_mask must be left padding (zeros before ones in each row), "
+                             "as LLaDA's generate expects")
+        if bool((attention_mask.sum(1) == 0).any()):
+            raise InputError("attention_mask has a row with no prompt token")
+    real = attention_mask.bool()
+    if bool(((prompt_ids < 0) | (prompt_ids >= vocab_size))[real].any()):
+        bad = int(prompt_ids[real][(prompt_ids[real] < 0) | (prompt_ids[real] >= vocab_size)][0])
+        raise InputError(f"prompt_ids contains token id {bad}, outside the model's vocabulary [0, {vocab_size})")
+    if mask_id is not None and bool((prompt_ids[real] == mask_id).any()):
+        row = int((prompt_ids.eq(mask_id) & real).any(1).nonzero()[0])
+        raise InputError(f"prompt_ids row {row} contains the mask token (id {mask_id}); prompts "
+                         f"must not contain [MASK] (the loop would treat it as noise)")
+    # padded positions hold a harmless valid id, never the mask token
+    fill = 0 if mask_id != 0 else 1
+    prompt_ids = torch.where(real, prompt_ids, torch.full_like(prompt_ids, fill))
+    return prompt_ids, attention_mask
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, Any] | Strategy = "credit_decoding",
+             *, gen_length: int | None = None, block_length: int | None = None,
+             steps: int | None = None, temperature: float | None = None,
+             overrides: Mapping[str, Any] | None = None, attention_mask: Any = None,
+             eos_id: int | None = None, seed: int = 0, trace: bool = False,
+             observers: Sequence[Component] = (),
+             registry: PluginRegistry | None = None) -> GenerateOutput:
+    """Decode ``gen_length`` tokens after each prompt with a strategy.
+
+    :param model: a Hugging Face masked-diffusion model, ``dd.as_model(fn, ...)`` or a
+        :class:`~dllm_decoding.models.Denoiser`.
+    :param prompt_ids: LongTensor ``(B, P)`` (or ``(P,)``), left-padded when rows differ in length.
+    :param strategy: preset name, ``.toml`` path, dict or :class:`Strategy`.
+    :param gen_length, block_length, steps, temperature: shortcuts for the overrides of the same name.
+    :param overrides: dotted-key overrides, e.g. ``{"select.threshold": 0.8}``.
+    :param attention_mask: ``(B, P)`` 0/1, left padding; passed to the model.
+    :param eos_id: when set, a row whose finished blocks contain EOS stops (no more forwards) and
+        the rest of its answer is filled with EOS. Off by default.
+    :param seed: seeds the decode's random generator (sampling, random-order scoring).
+    :param trace: record every step (``out.trace``); costs nothing when off.
+    :param observers: extra observer components (lifecycle hooks only), e.g. progress reporting.
+    """
+    registry = registry or get_registry()
+    merged = dict(overrides or {})
+    for key, value in (("gen_length", gen_length), ("block_length", block_length),
+                       ("steps", steps), ("temperature", temperature)):
+        if value is not None:
+            merged[key] = value
+    strat = load_strategy(strategy, merged, registry)
+    denoiser = as_denoiser(model)
+    prompt, prompt_mask = _check_prompt(prompt_ids, attention_mask, denoiser.mask_id, denoiser.vocab_size)
+    if eos_id is not None and not 0 <= eos_id < denoiser.vocab_size:
+        raise InputError(f"eos_id={eos_id} is outside the model's vocabulary [0, {denoiser.vocab_size})")
+    components = strat.instantiate(registry) + list(observers)
+    if trace:
+        from .trace import TraceRecorder
+
+        components.append(TraceRecorder())
+    pipeline = Pipeline(components)
+    return _run(pipeline, strat, denoiser, prompt, prompt_mask, eos_id, seed)
+
+
+def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tensor,
+         prompt_mask: torch.Tensor, eos_id: int | None, seed: int) -> GenerateOutput:
+    batch, prompt_len = prompt.shape
+    gen_len, block_len = strat.gen_length, strat.effective_block_length
+    total = prompt_len + gen_len
+    vocab, mask_id = denoiser.vocab_size, denoiser.mask_id
+    generator = torch.Generator().manual_seed(seed)
+    attention_mask = torch.cat([prompt_mask, torch.ones(batch, gen_len, dtype=torch.long)], dim=1)
+    session = denoiser.start_session(attention_mask)
+    noise = session.initial_noise(batch, gen_len, generator)
+    open_ = torch.zeros(batch, total, dtype=torch.bool)
+    open_[:, prompt_len:] = True
+    state = DecodeState(
+        canvas=torch.cat([prompt, noise], dim=1), open=open_, attention_mask=attention_mask,
+        prompt_length=prompt_len, gen_length=gen_len, block_length=block_len,
+        steps_per_block=strat.steps_per_block, mask_id=mask_id, vocab_size=vocab,
+        temperature=strat.temperature, generator=generator, eos_id=eos_id,
+        active_rows=torch.ones(batch, dtype=torch.bool),
+        finished_rows=torch.zeros(batch, dtype=torch.bool),
+        nfe=torch.zeros(batch, dtype=torch.long))
+    remask_budget = strat.max_steps_per_block or 2 * block_len
+    record_steps = pipeline.has("on_step_end")
+    pipeline.broadcast("on_decode_start", state=state)
+    for block in range(strat.gen_length // block_len):
+        state.block_index, state.block_step = block, 0
+        start, end = state.block_start, state.block_end
+        pipeline.broadcast("on_block_start", state=state)
+        while True:
+            active = ~state.finished_rows & state.open[:, start:end].any(dim=1)
+            if not bool(active.any()):
+                break
+            state.active_rows = active
+            rows = None if bool(active.all()) else active.nonzero().squeeze(1)
+            canvas_in = state.canvas if rows is None else state.canvas[rows]
+            logits = session.forward(canvas_in, rows)
+            logits = check_logits(logits, (canvas_in.shape[0], total, vocab), denoiser.name)
+            if rows is not None:  # hooks see the whole batch; inactive rows get zeros
+                full = logits.new_zeros(batch, total, vocab)
+                full[rows] = logits
+                logits = full
+            state.nfe = state.nfe + active.long()
+            fused = pipeline.fuse(state, logits)
+            session.observe_fused(fused if rows is None else fused[rows], rows)
+            comp, proposal = pipeline.first("score", state=state, logits=fused)
+            proposal = _check_proposal(comp, proposal, (batch, total), vocab)
+            selectable = state.selectable
+            comp, chosen = pipeline.first("select", state=state, proposal=proposal)
+            commit = _check_mask(comp, "select", chosen, (batch, total)) & selectable
+            stalled = active & ~commit.any(dim=1)
+            if bool(stalled.any()):  # progress guarantee: the most confident open position
+                best = proposal.confidence.masked_fill(~selectable, float("-inf")).argmax(dim=1)
+                commit = commit | (torch.nn.functional.one_hot(best, total).bool() & stalled[:, None])
+            if mask_id is not None and bool((proposal.tokens == mask_id)[commit].any()):
+                raise ModelError(f"the proposal commits the mask token (id {mask_id}) at step "
+                                 f"{state.step}; the model puts its top probability on [MASK]. "
+                                 f"Give the mask token's logit -inf in the model")
+            state.canvas = torch.where(commit, proposal.tokens, state.canvas)
+            state.open = state.open & ~commit
+            reopen = torch.zeros_like(commit)
+            if pipeline.has("remask") and state.block_step + 1 < remask_budget:
+                comp, chosen = pipeline.first("remask", state=state, proposal=proposal, commit=commit)
+                if chosen is not None:
+                    decided = ~state.open & state.block_mask & active[:, None]
+                    reopen = _check_mask(comp, "remask", chosen, (batch, total)) & decided
+                    if bool(reopen.any()):
+                        fresh = session.initial_noise(batch, gen_len, generator)
+                        fresh = torch.cat([prompt, fresh], dim=1)
+                        state.canvas = torch.where(reopen, fresh, state.canvas)
+                        state.open = state.open | reopen
+            if record_steps:
+                pipeline.broadcast("on_step_end", state=state, record=StepRecord(
+                    step=state.step, block_index=block, block_step=state.block_step,
+                    active_rows=active, proposal=proposal, commit=commit, reopen=reopen,
+                    canvas=state.canvas))
+            state.step += 1
+            state.block_step += 1
+        if eos_id is not None:
+            _stop_at_eos(state, eos_id, end)
+    output = GenerateOutput(sequences=state.canvas, nfe=state.nfe, prompt_length=prompt_len,
+                            gen_length=gen_len)
+    pipeline.broadcast("on_decode_end", state=state, output=output)
+    return output
+
+
+def _stop_at_eos(state: DecodeState, eos_id: int, block_end: int) -> None:
+    """dInfer-style early stop: a row with EOS in its finished blocks is done; the rest of its
+    answer becomes EOS and costs no more forwards."""
+    done = (state.canvas[:, state.prompt_length:block_end] == eos_id).any(dim=1) & ~state.finished_rows
+    if not bool(done.any()):
+        return
+    tail = torch.zeros_like(state.open)
+    tail[:, block_end:] = True
+    tail &= done[:, None]
+    state.canvas = state.canvas.masked_fill(tail, eos_id)
+    state.open = state.open & ~tail
+    state.finished_rows = state.finished_rows | done

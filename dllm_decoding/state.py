@@ -1,0 +1,118 @@
+"""The data the loop and the plugins share: decode state, proposals, step records, output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What the score hook proposes for every position of every row.
+
+    ``tokens`` ``(B, T)`` long: the token each position would take if committed now.
+    ``confidence`` ``(B, T)`` float: larger = more certain; selectors rank and threshold it.
+    ``logits`` ``(B, T, V)``: the fused logits the proposal was made from (read-only), for
+    selectors that need the whole distribution (entropy bounds, margins).
+    """
+
+    tokens: torch.Tensor
+    confidence: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass
+class DecodeState:
+    """Everything one decode knows. Built by the core; plugins read it and keep their memory in
+    ``plugin_state``. The core alone writes ``canvas``, ``open`` and the counters."""
+
+    canvas: torch.Tensor  # (B, T) long: prompt + current answer tokens
+    open: torch.Tensor  # (B, T) bool: position still undecided (noise)
+    attention_mask: torch.Tensor  # (B, T) long: 0 on left padding
+    prompt_length: int  # P: padded prompt length; the answer region is [P, T)
+    gen_length: int
+    block_length: int
+    steps_per_block: int  # the schedule's step budget per block (LLaDA's steps // num_blocks)
+    mask_id: int | None
+    vocab_size: int
+    temperature: float
+    generator: torch.Generator
+    eos_id: int | None = None
+    block_index: int = 0
+    block_step: int = 0  # steps taken in the current block
+    step: int = 0  # steps taken in the whole decode
+    active_rows: torch.Tensor | None = None  # (B,) bool: rows decoded in this step
+    finished_rows: torch.Tensor | None = None  # (B,) bool: rows done (EOS early stop)
+    nfe: torch.Tensor | None = None  # (B,) long: forwards each row has cost
+    plugin_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.canvas.shape[0]
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def block_start(self) -> int:
+        return self.prompt_length + self.block_index * self.block_length
+
+    @property
+    def block_end(self) -> int:
+        return self.block_start + self.block_length
+
+    @property
+    def block_mask(self) -> torch.Tensor:
+        """(B, T) bool: positions of the current block (same columns for every row)."""
+        mask = torch.zeros_like(self.open)
+        mask[:, self.block_start : self.block_end] = True
+        return mask
+
+    @property
+    def selectable(self) -> torch.Tensor:
+        """(B, T) bool: open positions of the current block in active rows."""
+        return self.open & self.block_mask & self.active_rows[:, None]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step as observers see it (all tensors ``(B, T)`` unless noted)."""
+
+    step: int
+    block_index: int
+    block_step: int
+    active_rows: torch.Tensor  # (B,) bool
+    proposal: Proposal
+    commit: torch.Tensor  # bool: committed in this step
+    reopen: torch.Tensor  # bool: sent back to noise in this step
+    canvas: torch.Tensor  # tokens after this step
+
+
+@dataclass
+class GenerateOutput:
+    """Result of :func:`dllm_decoding.generate`.
+
+    ``sequences`` ``(B, P + gen_length)`` long, prompt included; ``nfe`` ``(B,)`` long: model
+    forwards each row cost; ``steps`` ``(B,)``: steps each row took part in (equals ``nfe``);
+    ``trace``: a :class:`~dllm_decoding.trace.Trace` when ``trace=True`` was asked for.
+    """
+
+    sequences: torch.Tensor
+    nfe: torch.Tensor
+    prompt_length: int
+    gen_length: int
+    trace: Any = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def answers(self) -> torch.Tensor:
+        """``(B, gen_length)``: the generated region only."""
+        return self.sequences[:, self.prompt_length :]
+
+    @property
+    def tokens_per_forward(self) -> torch.Tensor:
+        """``(B,)`` float: generated tokens per forward (TPF)."""
+        return self.gen_length / self.nfe.clamp(min=1).to(torch.float64)

@@ -1,0 +1,90 @@
+"""Score components: turn (fused) logits into a proposed token and a confidence per position."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from dllm_decoding import Component, Proposal, hookimpl
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def propose_tokens(state, logits: torch.Tensor) -> torch.Tensor:
+    """Greedy argmax at temperature 0; otherwise LLaDA's Gumbel-max sampling in float64
+    (``exp(logits) / (-log u) ** temperature``), drawn from the decode's seeded generator."""
+    if state.temperature == 0:
+        return logits.argmax(dim=-1)
+    uniform = torch.rand(logits.shape, generator=state.generator, dtype=torch.float64)
+    noisy = logits.to(torch.float64).exp() / (-torch.log(uniform)) ** state.temperature
+    return noisy.argmax(dim=-1)
+
+
+class PrecisionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    precision: Literal["float32", "float64"] = "float64"
+
+
+class Confidence(Component):
+    """Confidence = softmax probability of the proposed token (LLaDA's low-confidence rule)."""
+
+    name = "confidence"
+    hook_point = "score"
+    Options = PrecisionOptions
+
+    @hookimpl
+    def score(self, state, logits):
+        tokens = propose_tokens(state, logits)
+        probs = torch.softmax(logits.to(_DTYPES[self.options.precision]), dim=-1)
+        confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
+        return Proposal(tokens=tokens, confidence=confidence, logits=logits)
+
+
+class Margin(Component):
+    """Confidence = p(top-1) - p(top-2) (Dream's ``topk_margin``)."""
+
+    name = "margin"
+    hook_point = "score"
+    Options = PrecisionOptions
+
+    @hookimpl
+    def score(self, state, logits):
+        tokens = propose_tokens(state, logits)
+        top2 = torch.softmax(logits.to(_DTYPES[self.options.precision]), dim=-1).topk(2, dim=-1).values
+        return Proposal(tokens=tokens, confidence=top2[..., 0] - top2[..., 1], logits=logits)
+
+
+class NegativeEntropy(Component):
+    """Confidence = minus the entropy of the position's distribution (Dream's ``entropy``)."""
+
+    name = "entropy"
+    hook_point = "score"
+    Options = PrecisionOptions
+
+    @hookimpl
+    def score(self, state, logits):
+        tokens = propose_tokens(state, logits)
+        logp = torch.log_softmax(logits.to(_DTYPES[self.options.precision]), dim=-1)
+        neg_entropy = (logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
+        return Proposal(tokens=tokens, confidence=neg_entropy, logits=logits)
+
+
+class RandomOrder(Component):
+    """Confidence drawn uniformly at random: a random unmasking order (LLaDA's ``random``)."""
+
+    name = "random"
+    hook_point = "score"
+
+    @hookimpl
+    def score(self, state, logits):
+        tokens = propose_tokens(state, logits)
+        confidence = torch.rand(tokens.shape, generator=state.generator, dtype=torch.float64)
+        return Proposal(tokens=tokens, confidence=confidence, logits=logits)
+
+
+@hookimpl
+def dllm_decoding_register_components(register):
+    for cls in (Confidence, Margin, NegativeEntropy, RandomOrder):
+        register(cls)

@@ -1,0 +1,146 @@
+"""Select components: decide which open positions of the current block commit now.
+
+All selectors rank ``proposal.confidence`` over ``state.selectable`` (open positions of the
+current block in active rows) and are vectorised over the batch. The core adds the progress
+guarantee (at least one commit per active row), so selectors need not.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from dllm_decoding import Component, hookimpl
+
+NEG_INF = float("-inf")
+
+
+def masked_confidence(state, proposal) -> torch.Tensor:
+    """Confidence with every non-selectable position at -inf."""
+    return proposal.confidence.masked_fill(~state.selectable, NEG_INF)
+
+
+def top_k_mask(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Bool ``(B, T)``: the ``k[b]`` most confident finite positions of each row (torch.topk
+    order, as LLaDA and Fast-dLLM rank)."""
+    k_max = int(k.max()) if k.numel() else 0
+    if k_max == 0:
+        return torch.zeros_like(confidence, dtype=torch.bool)
+    values, index = confidence.topk(k_max, dim=1)
+    keep = (torch.arange(k_max)[None, :] < k[:, None]) & (values > NEG_INF)
+    return torch.zeros_like(confidence, dtype=torch.bool).scatter(1, index, keep)
+
+
+class TopKOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(None, gt=0, description="fixed tokens per step; default: LLaDA's schedule from `steps`")
+
+
+class TopK(Component):
+    """Commit the k most confident open positions per step.
+
+    By default k follows LLaDA's schedule: the block's masked count split evenly over
+    ``steps_per_block`` steps, the remainder going to the first steps.
+    """
+
+    name = "topk"
+    hook_point = "select"
+    Options = TopKOptions
+
+    @hookimpl
+    def on_block_start(self, state):
+        if self.options.k is None:
+            masked = (state.open & state.block_mask).sum(dim=1)  # (B,)
+            steps = state.steps_per_block
+            step_index = torch.arange(steps)[None, :]
+            schedule = masked[:, None] // steps + (step_index < (masked % steps)[:, None]).long()
+            state.plugin_state[self.state_key] = schedule
+
+    @hookimpl
+    def select(self, state, proposal):
+        if self.options.k is not None:
+            k = torch.full((state.batch_size,), self.options.k, dtype=torch.long)
+        else:
+            schedule = state.plugin_state[self.state_key]
+            k = schedule[:, min(state.block_step, schedule.shape[1] - 1)]
+        return top_k_mask(masked_confidence(state, proposal), k)
+
+
+class ThresholdOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(0.9, gt=0.0, le=1.0, description="commit every open position with confidence >= this")
+
+
+class Threshold(Component):
+    """Fast-dLLM's parallel decoding: every open position of the block whose confidence is
+    at least ``threshold``, and always the most confident one."""
+
+    name = "threshold"
+    hook_point = "select"
+    Options = ThresholdOptions
+
+    @hookimpl
+    def select(self, state, proposal):
+        confidence = masked_confidence(state, proposal)
+        best = top_k_mask(confidence, torch.ones(state.batch_size, dtype=torch.long))
+        return best | (confidence >= self.options.threshold)
+
+
+class FactorOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    factor: float = Field(1.0, gt=0.0, description="n-th most confident token needs confidence >= 1 - factor/(n+1)")
+
+
+class Factor(Component):
+    """Fast-dLLM's factor rule: with confidences sorted in decreasing order c_1 >= c_2 >= ...,
+    commit the longest prefix with c_n >= 1 - factor / (n + 1) (n >= 2; the first always
+    commits), keeping Fast-dLLM's quirk that a prefix stopping one short of all open positions
+    commits all of them."""
+
+    name = "factor"
+    hook_point = "select"
+    Options = FactorOptions
+
+    @hookimpl
+    def select(self, state, proposal):
+        confidence = masked_confidence(state, proposal)
+        n_open = state.selectable.sum(dim=1)
+        ordered = confidence.sort(dim=1, descending=True).values
+        rank = torch.arange(1, ordered.shape[1] + 1, dtype=ordered.dtype)[None, :]
+        thresholds = 1.0 - self.options.factor / (rank + 1.0)
+        thresholds[:, 0] = -1.0
+        below = (ordered < thresholds) | (rank > n_open[:, None])
+        count = torch.where(below.any(dim=1), below.long().argmax(dim=1), n_open)
+        count = torch.where(count == n_open - 1, n_open, count)
+        return top_k_mask(confidence, count)
+
+
+class EntropyBoundOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gamma: float = Field(0.1, ge=0.0, description="bound on summed entropy minus the largest, in nats")
+
+
+class EntropyBound(Component):
+    """Entropy-bounded (EB) sampler: take open positions in increasing entropy and commit the
+    largest prefix whose summed entropy minus its largest entropy is at most ``gamma``."""
+
+    name = "entropy_bound"
+    hook_point = "select"
+    Options = EntropyBoundOptions
+
+    @hookimpl
+    def select(self, state, proposal):
+        logp = torch.log_softmax(proposal.logits.to(torch.float64), dim=-1)
+        entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
+        entropy = entropy.masked_fill(~state.selectable, float("inf"))
+        ordered, index = entropy.sort(dim=1, stable=True)
+        finite = torch.isfinite(ordered)
+        excess = torch.cumsum(ordered.masked_fill(~finite, 0.0), dim=1) - ordered.masked_fill(~finite, 0.0)
+        keep = finite & (excess <= self.options.gamma)
+        return torch.zeros_like(keep).scatter(1, index, keep)
+
+
+@hookimpl
+def dllm_decoding_register_components(register):
+    for cls in (TopK, Threshold, Factor, EntropyBound):
+        register(cls)
