@@ -82,9 +82,7 @@ class Pipeline:
 
     def fuse(self, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
         for comp, caller in self._callers["fuse"]:
-            version = logits._version
-            out = self.call("fuse", comp, caller, state=state, logits=logits)
-            _check_untouched(comp, "fuse", "logits", logits, version)
+            out = self._guarded("fuse", comp, caller, {"logits": logits}, state=state, logits=logits)
             if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
                 raise PluginError(f"component {comp.name!r}: fuse must return a tensor of shape "
                                   f"{tuple(logits.shape)}, got {_describe(out)}")
@@ -97,23 +95,28 @@ class Pipeline:
         if isinstance(kwargs.get("proposal"), Proposal):
             p = kwargs["proposal"]
             tensors.update(tokens=p.tokens, confidence=p.confidence, logits=p.logits)
+        return comp, self._guarded(hook, comp, caller, tensors, **kwargs)
+
+    def _guarded(self, hook: str, comp: Component, caller: Any,
+                 tensors: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        """Call one component, failing loudly if it modified any input in place (tensor
+        version counters make the check free)."""
+        state = kwargs["state"]
+        tensors = {**tensors, "state.canvas": state.canvas, "state.open": state.open}
         versions = {k: v._version for k, v in tensors.items()}
         result = self.call(hook, comp, caller, **kwargs)
         for k, v in tensors.items():
-            _check_untouched(comp, hook, k, v, versions[k])
-        return comp, result
+            if v._version != versions[k]:
+                raise PluginError(f"component {comp.name!r} modified its input {k!r} in place in "
+                                  f"hook {hook!r}; hooks must return new tensors (x = x + y, not "
+                                  f"x += y)")
+        return result
 
 
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return repr(value) if value is None else type(value).__name__
-
-
-def _check_untouched(comp: Component, hook: str, name: str, tensor: torch.Tensor, version: int) -> None:
-    if tensor._version != version:
-        raise PluginError(f"component {comp.name!r} modified its input {name!r} in place in hook "
-                          f"{hook!r}; hooks must return new tensors (e.g. x = x + y, not x += y)")
 
 
 def _check_mask(comp: Component, hook: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
@@ -198,7 +201,7 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
              *, gen_length: int | None = None, block_length: int | None = None,
              steps: int | None = None, temperature: float | None = None,
              overrides: Mapping[str, Any] | None = None, attention_mask: Any = None,
-             eos_id: int | None = None, seed: int = 0, trace: bool = False,
+             eos_id: int | None = None, seed: int | Sequence[int] = 0, trace: bool = False,
              observers: Sequence[Component] = (),
              registry: PluginRegistry | None = None) -> GenerateOutput:
     """Decode ``gen_length`` tokens after each prompt with a strategy.
@@ -212,7 +215,9 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
     :param attention_mask: ``(B, P)`` 0/1, left padding; passed to the model.
     :param eos_id: when set, a row whose finished blocks contain EOS stops (no more forwards) and
         the rest of its answer is filled with EOS. Off by default.
-    :param seed: seeds the decode's random generator (sampling, random-order scoring).
+    :param seed: an int (row ``i`` gets ``seed + i``) or one seed per row. Each row draws from
+        its own generator, so row ``i`` of a batch decodes exactly as it does alone with seed
+        ``seed[i]``; at temperature 0 deterministic strategies use no randomness.
     :param trace: record every step (``out.trace``); costs nothing when off.
     :param observers: extra observer components (lifecycle hooks only), e.g. progress reporting.
     """
@@ -242,17 +247,21 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     gen_len, block_len = strat.gen_length, strat.effective_block_length
     total = prompt_len + gen_len
     vocab, mask_id = denoiser.vocab_size, denoiser.mask_id
-    generator = torch.Generator().manual_seed(seed)
+    seeds = [seed + row for row in range(batch)] if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise InputError(f"seed: got {len(seeds)} seeds for a batch of {batch} rows; pass one int "
+                         f"or one seed per row")
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
     attention_mask = torch.cat([prompt_mask, torch.ones(batch, gen_len, dtype=torch.long)], dim=1)
     session = denoiser.start_session(attention_mask)
-    noise = session.initial_noise(batch, gen_len, generator)
+    noise = session.initial_noise(batch, gen_len, generators)
     open_ = torch.zeros(batch, total, dtype=torch.bool)
     open_[:, prompt_len:] = True
     state = DecodeState(
         canvas=torch.cat([prompt, noise], dim=1), open=open_, attention_mask=attention_mask,
         prompt_length=prompt_len, gen_length=gen_len, block_length=block_len,
         steps_per_block=strat.steps_per_block, mask_id=mask_id, vocab_size=vocab,
-        temperature=strat.temperature, generator=generator, eos_id=eos_id,
+        temperature=strat.temperature, generators=generators, eos_id=eos_id,
         active_rows=torch.ones(batch, dtype=torch.bool),
         finished_rows=torch.zeros(batch, dtype=torch.bool),
         nfe=torch.zeros(batch, dtype=torch.long))
@@ -301,7 +310,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     decided = ~state.open & state.block_mask & active[:, None]
                     reopen = _check_mask(comp, "remask", chosen, (batch, total)) & decided
                     if bool(reopen.any()):
-                        fresh = session.initial_noise(batch, gen_len, generator)
+                        fresh = session.initial_noise(batch, gen_len, generators)
                         fresh = torch.cat([prompt, fresh], dim=1)
                         state.canvas = torch.where(reopen, fresh, state.canvas)
                         state.open = state.open | reopen

@@ -23,8 +23,9 @@ class DecodeSession:
         self.denoiser = denoiser
         self.attention_mask = attention_mask  # (B, T) long, 0 on left padding
 
-    def initial_noise(self, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-        """Tokens that fill undecided positions: ``[MASK]`` for masked-diffusion models."""
+    def initial_noise(self, batch: int, length: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """Tokens that fill undecided positions: ``[MASK]`` for masked-diffusion models
+        (uniform-noise models draw random tokens from the per-row ``generators``)."""
         return torch.full((batch, length), self.denoiser.mask_id, dtype=torch.long)
 
     def forward(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

@@ -38,7 +38,7 @@ class DecodeState:
     mask_id: int | None
     vocab_size: int
     temperature: float
-    generator: torch.Generator
+    generators: list[torch.Generator]  # one per row: a row decodes alike alone or in a batch
     eos_id: int | None = None
     block_index: int = 0
     block_step: int = 0  # steps taken in the current block
@@ -47,6 +47,15 @@ class DecodeState:
     finished_rows: torch.Tensor | None = None  # (B,) bool: rows done (EOS early stop)
     nfe: torch.Tensor | None = None  # (B,) long: forwards each row has cost
     plugin_state: dict[str, Any] = field(default_factory=dict)
+
+    def uniform(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``(B, *shape)`` uniform draws in [0, 1), each row from its own seeded generator.
+        Rows not active this step get zeros and leave their generator untouched, so a row
+        decodes exactly the same alone (with its seed) as inside a batch."""
+        out = torch.zeros(self.batch_size, *shape, dtype=dtype)
+        for row in self.active_rows.nonzero().flatten().tolist():
+            out[row] = torch.rand(shape, generator=self.generators[row], dtype=dtype)
+        return out
 
     @property
     def batch_size(self) -> int:

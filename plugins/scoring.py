@@ -14,12 +14,15 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def propose_tokens(state, logits: torch.Tensor) -> torch.Tensor:
     """Greedy argmax at temperature 0; otherwise LLaDA's Gumbel-max sampling in float64
-    (``exp(logits) / (-log u) ** temperature``), drawn from the decode's seeded generator."""
+    (``exp(logits) / (-log u) ** temperature``), drawn from the rows' seeded generators for the
+    answer region only (so left padding never shifts the random stream)."""
+    tokens = logits.argmax(dim=-1)
     if state.temperature == 0:
-        return logits.argmax(dim=-1)
-    uniform = torch.rand(logits.shape, generator=state.generator, dtype=torch.float64)
-    noisy = logits.to(torch.float64).exp() / (-torch.log(uniform)) ** state.temperature
-    return noisy.argmax(dim=-1)
+        return tokens
+    answer = logits[:, state.prompt_length:].to(torch.float64)
+    uniform = state.uniform(*answer.shape[1:])
+    noisy = answer.exp() / (-torch.log(uniform)) ** state.temperature
+    return torch.cat([tokens[:, :state.prompt_length], noisy.argmax(dim=-1)], dim=1)
 
 
 class PrecisionOptions(BaseModel):
@@ -80,7 +83,8 @@ class RandomOrder(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        confidence = torch.rand(tokens.shape, generator=state.generator, dtype=torch.float64)
+        draws = state.uniform(state.gen_length)  # answer region only, as above
+        confidence = torch.cat([torch.zeros(tokens.shape[0], state.prompt_length, dtype=draws.dtype), draws], dim=1)
         return Proposal(tokens=tokens, confidence=confidence, logits=logits)
 
 
