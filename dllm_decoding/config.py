@@ -154,9 +154,10 @@ def _validate_options(cls: type[Component], cfg: ComponentConfig, where: str) ->
 def _explain(exc: ValidationError, prefix: str = "", component: str | None = None) -> str:
     parts = []
     for err in exc.errors():
-        loc = prefix + ".".join(str(x) for x in err["loc"]) if err["loc"] else prefix.rstrip(".")
-        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-        parts.append(f"{loc}: {err['msg']}{got}")
+        loc = prefix + ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if err["loc"] and not isinstance(err.get("input"), dict) else ""
+        parts.append(f"{loc.rstrip('.')}: {msg}{got}" if loc.rstrip(".") else msg)
     where = f" of component {component!r}" if component else ""
     return f"invalid option{where}: " + "; ".join(parts)
 
