@@ -24,6 +24,10 @@ class CreditOptions(BaseModel):
 
 
 class Credit(Component):
+    """CreditDecoding's trace credit: each open position of the current block accumulates
+    credit for its argmax token (decayed by ``beta``, boosted by ``p_top1 ** gamma`` per step),
+    fused as ``logits + alpha * log(1 + credit)``. Reset at every block start."""
+
     name = "credit"
     hook_point = "fuse"
     Options = CreditOptions
