@@ -61,6 +61,7 @@ class Pipeline:
                 callers.append((comp, pm.subset_hook_caller(hook, remove_plugins=others)))
             self._callers[hook] = callers
         self.plugin_manager = pm
+        self.registry: PluginRegistry | None = None
 
     def has(self, hook: str) -> bool:
         return bool(self._callers[hook])
@@ -232,13 +233,33 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
     prompt, prompt_mask = _check_prompt(prompt_ids, attention_mask, denoiser.mask_id, denoiser.vocab_size)
     if eos_id is not None and not 0 <= eos_id < denoiser.vocab_size:
         raise InputError(f"eos_id={eos_id} is outside the model's vocabulary [0, {denoiser.vocab_size})")
-    components = strat.instantiate(registry) + list(observers)
-    if trace:
-        from .trace import TraceRecorder
-
-        components.append(TraceRecorder())
-    pipeline = Pipeline(components)
+    if observers:
+        pipeline = Pipeline(strat.instantiate(registry) + _tracer(trace) + list(observers))
+    else:
+        pipeline = _cached_pipeline(strat, registry, trace)
     return _run(pipeline, strat, denoiser, prompt, prompt_mask, eos_id, seed)
+
+
+def _tracer(trace: bool) -> list[Component]:
+    from .trace import TraceRecorder
+
+    return [TraceRecorder()] if trace else []
+
+
+_PIPELINES: dict[tuple[str, int, bool], Pipeline] = {}
+
+
+def _cached_pipeline(strat: Strategy, registry: PluginRegistry, trace: bool) -> Pipeline:
+    """Components keep no per-decode memory on themselves (it lives in the decode state), so
+    one pipeline per (strategy, registry) serves every decode; building one costs ~1 ms."""
+    key = (strat.model_dump_json(), id(registry), trace)
+    pipeline = _PIPELINES.get(key)
+    if pipeline is None or pipeline.registry is not registry:
+        if len(_PIPELINES) >= 64:
+            _PIPELINES.pop(next(iter(_PIPELINES)))
+        pipeline = _PIPELINES[key] = Pipeline(strat.instantiate(registry) + _tracer(trace))
+        pipeline.registry = registry
+    return pipeline
 
 
 def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tensor,
