@@ -1,0 +1,123 @@
+"""The reference masked-diffusion model: LLaDA's architecture in miniature.
+
+Bidirectional transformer (no causal mask), rotary position embeddings, RMSNorm, SwiGLU, untied
+output head, a dedicated mask token. Registered with transformers' Auto classes, so
+``AutoModelForMaskedLM.from_pretrained(local_dir)`` works offline.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+MODEL_TYPE = "dllm_reference"
+
+
+class ReferenceConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+
+    def __init__(self, vocab_size: int = 48, hidden_size: int = 192, num_hidden_layers: int = 4,
+                 num_attention_heads: int = 6, intermediate_size: int = 512,
+                 max_position_embeddings: int = 128, rope_theta: float = 10000.0,
+                 rms_norm_eps: float = 1e-5, mask_token_id: int = 0, pad_token_id: int = 1,
+                 eos_token_id: int = 2, initializer_range: float = 0.02, **kwargs) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.mask_token_id = mask_token_id
+        self.initializer_range = initializer_range
+        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ReferenceConfig) -> None:
+        super().__init__()
+        d, h = config.hidden_size, config.num_attention_heads
+        self.heads, self.head_dim = h, d // h
+        self.attn_norm = RMSNorm(d, config.rms_norm_eps)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.mlp_norm = RMSNorm(d, config.rms_norm_eps)
+        self.gate_up = nn.Linear(d, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, d, bias=False)
+
+    def forward(self, x, cos, sin, key_mask):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(b, t, 3, self.heads, self.head_dim).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (b, h, t, hd)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # bidirectional
+        x = x + self.out(attn.transpose(1, 2).reshape(b, t, d))
+        gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class ReferenceModelForMaskedLM(PreTrainedModel):
+    config_class = ReferenceConfig
+    base_model_prefix = "reference"
+    _no_split_modules = ["Block"]
+
+    def __init__(self, config: ReferenceConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # untied
+        head_dim = config.hidden_size // config.num_attention_heads
+        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # the model never proposes [MASK] or [PAD]
+        never = torch.zeros(config.vocab_size)
+        never[[config.mask_token_id, config.pad_token_id]] = -1e4
+        self.register_buffer("never", never, persistent=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs) -> MaskedLMOutput:
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # positions count real tokens only, so left padding does not shift them
+        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0).to(torch.float32)
+        angles = positions[:, None, :, None] * self.inv_freq  # (b, 1, t, hd/2)
+        cos, sin = angles.cos(), angles.sin()
+        key_mask = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, t): never attend to padding
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, key_mask)
+        logits = self.lm_head(self.norm(x)) + self.never
+        return MaskedLMOutput(logits=logits)
+
+
+AutoConfig.register(MODEL_TYPE, ReferenceConfig, exist_ok=True)
+AutoModelForMaskedLM.register(ReferenceConfig, ReferenceModelForMaskedLM, exist_ok=True)
