@@ -121,11 +121,14 @@ def _addition(rng):
     return Example(f"A{str(a)[::-1]}+{str(b)[::-1]}=", str(a + b)[::-1])
 
 
+HEX = "0123456789abcdef"
+
+
 def _complement(rng):
-    # the digits missing from a set, in ANY order: several valid answers, so positions decoded
-    # in parallel from their marginals can pick the same digit twice
-    shown = rng.sample(DIGITS, rng.randint(5, 7))
-    missing = [d for d in DIGITS if d not in shown]
+    # the hex digits missing from a set, in ANY order: several valid answers, so positions
+    # decoded in parallel from their marginals can pick the same digit twice
+    shown = rng.sample(HEX, rng.randint(10, 13))
+    missing = [d for d in HEX if d not in shown]
     rng.shuffle(missing)
     return Example(f"M{''.join(shown)}=", "".join(missing))
 
@@ -166,7 +169,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("sort", 12, "sort 4-12 digits", _sort, _exact, _prompt_key, False),
     Task("insert", 36, "insert a name into a list of 3-8 names at a position", _insert, _exact, _prompt_key, False),
     Task("addition", 6, "add two numbers < 10000, digits least-significant first", _addition, _exact, _prompt_key, True),
-    Task("complement", 6, "the digits missing from a set, any order", _complement, _complement_check, _complement_key, True),
+    Task("complement", 6, "the hex digits missing from a set of 10-13, any order", _complement, _complement_check, _complement_key, True),
     Task("latin_square", 16, "complete a 4x4 Latin square with 6-9 blanks (any valid completion)", _latin, _latin_check, _prompt_key, True),
 )}
 
