@@ -66,7 +66,8 @@ def fuse(state, logits):
     :param state: the :class:`~dllm_decoding.state.DecodeState` of this decode.
     :param logits: float tensor ``(B, T, V)``: the model's logits, or the previous fuse
         component's output. Must not be modified in place.
-    :return: a new float tensor of the same shape and dtype.
+    :return: a new float tensor of the same shape (its dtype may be promoted, e.g. bf16 logits
+        plus float32 credit give float32, as the reference implementations do).
 
     Fuse components run one after another in the order the strategy lists them; each receives
     the previous one's result.

@@ -345,7 +345,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         if eos_id is not None:
             _stop_at_eos(state, eos_id, end)
     output = GenerateOutput(sequences=state.canvas, nfe=state.nfe, prompt_length=prompt_len,
-                            gen_length=gen_len)
+                            gen_length=gen_len, stats={"forward_calls": state.step})
     pipeline.broadcast("on_decode_end", state=state, output=output)
     return output
 

@@ -105,8 +105,10 @@ class GenerateOutput:
     """Result of :func:`dllm_decoding.generate`.
 
     ``sequences`` ``(B, P + gen_length)`` long, prompt included; ``nfe`` ``(B,)`` long: model
-    forwards each row cost; ``steps`` ``(B,)``: steps each row took part in (equals ``nfe``);
-    ``trace``: a :class:`~dllm_decoding.trace.Trace` when ``trace=True`` was asked for.
+    forwards each row cost (the steps it took part in); ``trace``: a
+    :class:`~dllm_decoding.trace.Trace` when ``trace=True`` was asked for; ``stats``:
+    ``forward_calls``, the number of batched model calls (the wall-clock cost: rows that
+    finished a block wait for the others, so it is at least ``nfe.max()``).
     """
 
     sequences: torch.Tensor

@@ -116,7 +116,7 @@ class _ContextSession(DecodeSession):
         # exact integer context summary: unaffected by left padding (pads weigh 0)
         context = ((canvas * weights * mask).sum(dim=1) % 997).to(torch.float64)  # (b,)
         phase = den.phase[position]  # (b, T, V)
-        logits = den.scale * torch.sin(context[:, None, None] * den.frequency + phase)
+        logits = (den.scale * torch.sin(context[:, None, None] * den.frequency + phase)).to(den.dtype)
         if den.mask_id is not None:
             logits[..., den.mask_id] = NEG_INF
         return logits
@@ -131,7 +131,7 @@ class ContextModel(Denoiser):
     """
 
     def __init__(self, vocab_size: int = 8, mask_id: int | None = None, *, seed: int = 0,
-                 scale: float = 4.0, max_positions: int = 512) -> None:
+                 scale: float = 4.0, max_positions: int = 512, dtype: torch.dtype = torch.float32) -> None:
         gen = torch.Generator().manual_seed(seed)
         self.vocab_size = vocab_size
         self.mask_id = vocab_size - 1 if mask_id is None else mask_id
@@ -139,6 +139,7 @@ class ContextModel(Denoiser):
         self.position_weight = torch.randint(1, 97, (max_positions,), generator=gen)
         self.phase = torch.rand(max_positions, vocab_size, generator=gen, dtype=torch.float64) * 2 * math.pi
         self.frequency = torch.rand(vocab_size, generator=gen, dtype=torch.float64) * 0.37 + 0.01
+        self.dtype = dtype  # float32 like real models: presets' softmax precision then matters
         self.name = f"ContextModel(seed={seed})"
 
     def start_session(self, attention_mask):

@@ -50,8 +50,11 @@ class Credit(Component):
         if previous is not None:  # inactive rows keep their credit untouched
             credit = torch.where(state.active_rows[:, None, None], credit, previous)
         state.plugin_state[self.state_key] = credit
-        fused = block + (opts.alpha * torch.log1p(credit)).to(block.dtype)
-        return torch.cat([logits[:, :start], fused, logits[:, end:]], dim=1)
+        # log(credit + 1), not log1p: the same float32 rounding as dInfer, so thresholds agree
+        # bit for bit; the sum promotes to float32 as dInfer's does (bf16 models included)
+        fused = block + opts.alpha * torch.log(credit + 1)
+        rest = logits.to(fused.dtype)
+        return torch.cat([rest[:, :start], fused, rest[:, end:]], dim=1)
 
 
 @hookimpl

@@ -69,11 +69,16 @@ class TopK(Component):
 class ThresholdOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="commit every open position with confidence >= this")
+    near_max: float | None = Field(
+        None, ge=0.0, description="dInfer's rule: also commit positions within this of the row's best "
+                                  "(dInfer uses 1e-5); None: exactly one best position (Fast-dLLM)")
 
 
 class Threshold(Component):
-    """Fast-dLLM's parallel decoding: every open position of the block whose confidence is
-    at least ``threshold``, and always the most confident one."""
+    """Confidence-threshold parallel decoding: every open position of the block whose
+    confidence is at least ``threshold``, and always the most confident one (Fast-dLLM: one
+    position, torch.topk's choice among exact ties; with ``near_max``, dInfer's variant: every
+    position whose confidence is at least ``min(threshold, best - near_max)``)."""
 
     name = "threshold"
     hook_point = "select"
@@ -82,8 +87,11 @@ class Threshold(Component):
     @hookimpl
     def select(self, state, proposal):
         confidence = masked_confidence(state, proposal)
-        best = top_k_mask(confidence, torch.ones(state.batch_size, dtype=torch.long))
-        return best | (confidence >= self.options.threshold)
+        above = confidence >= self.options.threshold
+        if self.options.near_max is None:
+            return above | top_k_mask(confidence, torch.ones(state.batch_size, dtype=torch.long))
+        best = confidence.amax(dim=1, keepdim=True)
+        return above | (confidence >= best - self.options.near_max)
 
 
 class FactorOptions(BaseModel):

@@ -110,7 +110,7 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if (step + 1) % 50 == 0:
             curve.append({"step": step + 1, "loss": sum(window) / len(window), "seconds": time.time() - start})
             bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")

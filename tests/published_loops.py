@@ -1,0 +1,136 @@
+"""Plain re-statements of the published decoding loops, used as test oracles.
+
+Written in our own words from the behaviour of the reference code (see
+docs/reference-equivalence.md for repository, file and function of each), deliberately in the
+reference's own shape: one loop per block, per-row Python loops, no plugins. Temperature 0 only.
+``fn(ids) -> logits`` is a plain callable over the full canvas; each returns ``(x, nfe)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+def _llada_schedule(masked: int, steps: int) -> list[int]:
+    base, extra = divmod(masked, steps)
+    return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+def llada_generate(fn, prompt, *, steps, gen_length, block_length, mask_id):
+    """LLaDA ``generate.py::generate`` with ``remasking='low_confidence'``, temperature 0.
+
+    Steps are split evenly over blocks; a block's masked count is spread over its steps (the
+    remainder to the first steps); each step commits the ``k`` open positions of the current
+    block with the highest softmax probability of their argmax token (``torch.topk``). NFE is
+    always ``steps``.
+    """
+    b, p = prompt.shape
+    x = torch.cat([prompt, torch.full((b, gen_length), mask_id)], dim=1)
+    num_blocks = gen_length // block_length
+    per_block = steps // num_blocks
+    nfe = 0
+    for block in range(num_blocks):
+        lo, hi = p + block * block_length, p + (block + 1) * block_length
+        schedules = [_llada_schedule(int((x[row, lo:hi] == mask_id).sum()), per_block) for row in range(b)]
+        for step in range(per_block):
+            masked = x == mask_id
+            logits = fn(x)
+            nfe += 1
+            x0 = logits.argmax(-1)
+            probs = F.softmax(logits, dim=-1)  # the model's dtype
+            conf = probs.gather(-1, x0[..., None]).squeeze(-1)
+            conf[:, hi:] = NEG_INF
+            x0 = torch.where(masked, x0, x)
+            conf = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+            for row in range(b):
+                k = schedules[row][step]
+                chosen = torch.topk(conf[row], k=k).indices
+                x[row, chosen] = x0[row, chosen]
+    return x, nfe
+
+
+def fast_dllm_generate(fn, prompt, *, gen_length, block_length, mask_id, threshold=None, factor=None):
+    """Fast-dLLM ``llada/generate.py::generate`` (no cache), temperature 0.
+
+    ``threshold``: per step, rank the block's open positions with ``torch.topk`` by the float64
+    softmax probability of the argmax token; keep the first, drop every later one below the
+    threshold. ``factor``: the n-th most confident position needs ``1 - factor / (n + 1)``
+    (the first always passes); the count stops at the first failure, and a stop at the very
+    first or very last index is moved one further. The block loop runs until the block has no
+    mask (batch-wide); NFE counts every forward.
+    """
+    b, p = prompt.shape
+    x = torch.cat([prompt, torch.full((b, gen_length), mask_id)], dim=1)
+    nfe = 0
+    for block in range(gen_length // block_length):
+        lo, hi = p + block * block_length, p + (block + 1) * block_length
+        while bool((x[:, lo:hi] == mask_id).any()):
+            masked = x == mask_id
+            masked[:, hi:] = False
+            logits = fn(x)
+            nfe += 1
+            x0 = logits.argmax(-1)
+            conf = F.softmax(logits.to(torch.float64), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+            x0 = torch.where(masked, x0, x)
+            conf = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+            for row in range(b):
+                n = int(masked[row].sum())
+                if n == 0:
+                    continue
+                if factor is None:
+                    order = torch.topk(conf[row], k=n).indices
+                    keep = [order[0]] + [i for i in order[1:] if conf[row, i] >= threshold]
+                    chosen = torch.stack(keep)
+                else:
+                    ranked = torch.sort(conf[row][masked[row]], descending=True).values
+                    limits = [-1.0] + [1 - factor / (m + 1) for m in range(2, n + 1)]
+                    top = 0
+                    for top in range(n):
+                        if ranked[top] < limits[top]:
+                            break
+                    if top in (0, n - 1):
+                        top += 1
+                    chosen = torch.topk(conf[row], k=top).indices
+                x[row, chosen] = x0[row, chosen]
+    return x, nfe
+
+
+def dinfer_credit_generate(fn, prompt, *, gen_length, block_length, mask_id, threshold=0.9,
+                           alpha=0.7, beta=0.8, gamma=0.2):
+    """dInfer ``CreditThresholdParallelDecoder`` in a plain block loop (no cache), temperature 0.
+
+    Per block a fresh float32 credit table ``(B, L, V)``; every step after the block's first
+    multiplies it by ``beta``, then adds ``p_top1 ** gamma`` (float32 softmax of the raw block
+    logits) at each masked position's argmax token. Fused logits ``logits + alpha * log(credit
+    + 1)`` give both the tokens and the float32 confidences; a masked position commits when its
+    confidence is at least ``min(threshold, row best - 1e-5)``.
+    """
+    b, p = prompt.shape
+    x = torch.cat([prompt, torch.full((b, gen_length), mask_id)], dim=1)
+    nfe = 0
+    for block in range(gen_length // block_length):
+        lo, hi = p + block * block_length, p + (block + 1) * block_length
+        credit, first = None, True
+        while bool((x[:, lo:hi] == mask_id).any()):
+            logits = fn(x)[:, lo:hi]
+            nfe += 1
+            masked = x[:, lo:hi] == mask_id
+            if credit is None:
+                credit = torch.zeros(logits.shape, dtype=torch.float32)
+            if not first:
+                credit = credit * beta
+            first = False
+            probs = F.softmax(logits.to(torch.float32), dim=-1)
+            top_p, top_i = probs.max(-1)
+            credit = credit.scatter_add(2, top_i[..., None], (top_p.pow(gamma) * masked.float())[..., None])
+            fused = logits + alpha * torch.log(credit + 1)
+            x0 = fused.argmax(-1)
+            conf = F.softmax(fused.to(torch.float32), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+            conf = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+            bar = (conf.max(dim=1).values - 1e-5).clamp(-1000, threshold)[:, None]
+            commit = (conf >= bar) & masked
+            x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
+    return x, nfe
