@@ -1,0 +1,373 @@
+"""``dllm-decode bench``: strategies x settings x tasks -> JSON, Markdown, PNG.
+
+    dllm-decode bench --out docs/benchmarks            # the full sweep behind docs/benchmarks.md
+    dllm-decode bench --quick                          # < 2 minutes on 2 cores
+    dllm-decode bench --overhead                       # framework vs a bare hand-written loop
+
+Every strategy, override key and task is validated before the first decode. Results are written
+after every finished setting, so an interrupted run (Ctrl-C) keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import load_strategy, parse_override_value
+from .errors import ConfigError
+from .evaluate import evaluate, load_model
+from .tasks import TASKS, get_task
+
+
+@dataclass(frozen=True)
+class Setting:
+    strategy: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        opts = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.overrides.items())
+        return f"{self.strategy}({opts})" if opts else self.strategy
+
+
+def _sweep(strategy: str, key: str, values: list[Any], **fixed: Any) -> list[Setting]:
+    return [Setting(strategy, {**fixed, key: v}) for v in values]
+
+
+SWEEPS: dict[str, list[Setting]] = {
+    "full": [
+        *_sweep("llada_low_confidence", "select.k", [1, 2, 4, 8]),
+        *_sweep("fast_dllm_threshold", "select.threshold", [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]),
+        *_sweep("credit_decoding", "select.threshold", [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]),
+        *_sweep("credit_decoding", "fuse.credit.alpha", [0.3, 1.5], **{"select.threshold": 0.9}),
+        *_sweep("credit_decoding", "fuse.credit.beta", [0.5, 0.95], **{"select.threshold": 0.9}),
+        *_sweep("fast_dllm_factor", "select.factor", [0.5, 1.0, 2.0]),
+        *_sweep("entropy_bounded", "select.gamma", [0.01, 0.1, 0.5]),
+    ],
+    "quick": [
+        *_sweep("llada_low_confidence", "select.k", [1, 8]),
+        *_sweep("fast_dllm_threshold", "select.threshold", [0.5, 0.9]),
+        *_sweep("credit_decoding", "select.threshold", [0.5, 0.9]),
+    ],
+}
+QUICK_TASKS = ["sort", "addition", "latin_square"]
+
+
+# --------------------------------------------------------------------------- AUP
+
+
+def aup_weight(y: float, y_max: float, alpha: float = 3.0) -> float:
+    """d3LLM's quality weight W(y) = min(exp(-alpha * (1 - y / y_max)), 1)."""
+    return min(math.exp(-alpha * (1 - y / y_max)), 1.0) if y_max > 0 else 0.0
+
+
+def aup(points: list[tuple[float, float]], y_max: float, alpha: float = 3.0, offset: float = 5.0) -> float:
+    """Accuracy under parallelism (d3LLM; accuracy in percent, parallelism = TPF).
+
+    Points are sorted by TPF; points more than ``offset`` points below the accuracy of the
+    least parallel point are dropped; then AUP = rho_1 * y_1 * W(y_1) + the trapezoid area of
+    y * W(y) over the remaining TPF range.
+    """
+    if not points:
+        return 0.0
+    pts = sorted(points)
+    floor = pts[0][1] - offset
+    pts = [(r, y) for r, y in pts if y >= floor]
+    weighted = [(r, y * aup_weight(y, y_max, alpha)) for r, y in pts]
+    area = weighted[0][0] * weighted[0][1]
+    for (r0, y0), (r1, y1) in zip(weighted, weighted[1:]):
+        area += (r1 - r0) * (y0 + y1) / 2
+    return area
+
+
+# --------------------------------------------------------------------------- running
+
+
+def parse_settings(items: list[str]) -> list[Setting]:
+    """``preset`` or ``preset:key=value,key=value`` -> settings."""
+    out = []
+    for item in items:
+        name, _, rest = item.partition(":")
+        overrides = {}
+        for pair in filter(None, rest.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ConfigError(f"--setting {item!r}: expected preset:key=value,...")
+            overrides[key.strip()] = parse_override_value(value.strip())
+        out.append(Setting(name.strip(), overrides))
+    return out
+
+
+def validate(settings: list[Setting], tasks: list[str]) -> None:
+    """Every strategy, override and task name checked before any decoding starts."""
+    for name in tasks:
+        get_task(name)
+    for s in settings:
+        try:
+            load_strategy(s.strategy, s.overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"setting {s.label}: {exc}") from None
+
+
+def _write(out_dir: Path, payload: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "bench.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(out_dir / "bench.json")
+
+
+def run(model: Any, tokenizer: Any, settings: list[Setting], tasks: list[str], n: int, out_dir: Path,
+        batch_size: int = 64, progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the sweep; ``bench.json`` is rewritten after every finished (task, setting)."""
+    from tqdm import tqdm
+
+    validate(settings, tasks)
+    payload: dict[str, Any] = {"meta": {**(meta or {}), "n": n, "tasks": tasks,
+                                        "settings": [asdict(s) for s in settings]},
+                               "results": [], "interrupted": False}
+    jobs = [(t, s) for t in tasks for s in settings]
+    bar = tqdm(jobs, desc="bench", disable=not progress)
+    try:
+        for task, setting in bar:
+            bar.set_postfix_str(f"{task} {setting.label}"[:60])
+            with torch.no_grad():
+                r = evaluate(model, tokenizer, setting.strategy, task, n, batch_size=batch_size,
+                             overrides=setting.overrides)
+            r["label"] = setting.label
+            payload["results"].append(r)
+            _write(out_dir, payload)
+    except KeyboardInterrupt:
+        payload["interrupted"] = True
+        _write(out_dir, payload)
+        raise
+    return payload
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per setting: mean accuracy over tasks, mean NFE, mean TPF; AUP per strategy per task."""
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        by_label[r["label"]].append(r)
+    tasks = sorted({r["task"] for r in results})
+    complete = {k: v for k, v in by_label.items() if len(v) == len(tasks)}
+    settings = [{"label": k, "strategy": v[0]["strategy"], "overrides": v[0]["overrides"],
+                 "accuracy": statistics.mean(r["accuracy"] for r in v),
+                 "nfe_mean": statistics.mean(r["nfe_mean"] for r in v),
+                 "tpf": statistics.mean(r["tpf"] for r in v)} for k, v in complete.items()]
+    aups: dict[str, dict[str, float]] = defaultdict(dict)
+    for task in tasks:
+        rows = [r for r in results if r["task"] == task]
+        y_max = 100 * max(r["accuracy"] for r in rows)
+        for strategy in sorted({r["strategy"] for r in rows}):
+            pts = [(r["tpf"], 100 * r["accuracy"]) for r in rows if r["strategy"] == strategy]
+            aups[strategy][task] = aup(pts, y_max)
+    return {"tasks": tasks, "settings": settings, "aup": dict(aups)}
+
+
+def claims(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The CreditDecoding claims, checked on these results (mean over tasks)."""
+    summary = {s["label"]: s for s in summarise(results)["settings"]}
+    base = summary.get("llada_low_confidence(k=1)")
+    credit = [s for s in summary.values() if s["strategy"] == "credit_decoding" and set(s["overrides"]) == {"select.threshold"}]
+    fast = sorted((s for s in summary.values() if s["strategy"] == "fast_dllm_threshold"), key=lambda s: s["nfe_mean"])
+    out: dict[str, Any] = {}
+    if base and credit:
+        ok = [s for s in credit if s["accuracy"] >= base["accuracy"] - 0.01]
+        best = min(ok, key=lambda s: s["nfe_mean"]) if ok else max(credit, key=lambda s: s["accuracy"])
+        out["speedup_vs_one_token_per_step"] = {
+            "baseline": base["label"], "baseline_accuracy": base["accuracy"], "baseline_nfe": base["nfe_mean"],
+            "credit": best["label"], "credit_accuracy": best["accuracy"], "credit_nfe": best["nfe_mean"],
+            "forward_reduction": base["nfe_mean"] / best["nfe_mean"],
+            "accuracy_within_1_point": best["accuracy"] >= base["accuracy"] - 0.01}
+    if credit and fast:
+        matches = []
+        for c in sorted(credit, key=lambda s: s["nfe_mean"]):
+            same = [f for f in fast if abs(f["accuracy"] - c["accuracy"]) <= 0.005]
+            interp = _nfe_at_accuracy(fast, c["accuracy"])
+            matches.append({"credit": c["label"], "accuracy": c["accuracy"], "credit_nfe": c["nfe_mean"],
+                            "fast_dllm_at_same_accuracy_within_0.5": [(f["label"], f["nfe_mean"]) for f in same],
+                            "fast_dllm_nfe_interpolated": interp})
+        out["credit_vs_fast_dllm"] = matches
+    return out
+
+
+def _nfe_at_accuracy(points: list[dict], accuracy: float) -> float | None:
+    """Fast-dLLM's mean NFE at a given accuracy, linear between neighbouring sweep points."""
+    pts = sorted((p["accuracy"], p["nfe_mean"]) for p in points)
+    for (a0, n0), (a1, n1) in zip(pts, pts[1:]):
+        if a0 <= accuracy <= a1:
+            return n0 if a1 == a0 else n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0)
+    return None
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    results = payload["results"]
+    summary = summarise(results)
+    lines = [f"Reference model, test split, n = {payload['meta']['n']} per task"
+             + (" (INTERRUPTED: partial)" if payload.get("interrupted") else ""), "",
+             "### Mean over tasks", "", "| setting | accuracy | mean NFE | TPF |", "|---|---|---|---|"]
+    for s in sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"])):
+        lines.append(f"| `{s['label']}` | {100 * s['accuracy']:.1f} | {s['nfe_mean']:.2f} | {s['tpf']:.2f} |")
+    lines += ["", "### AUP per strategy (d3LLM definition, alpha = 3)", "",
+              "| strategy | " + " | ".join(summary["tasks"]) + " | mean |", "|---" * (len(summary["tasks"]) + 2) + "|"]
+    for strategy, per_task in sorted(summary["aup"].items()):
+        vals = [per_task.get(t, float("nan")) for t in summary["tasks"]]
+        lines.append(f"| `{strategy}` | " + " | ".join(f"{v:.0f}" for v in vals) + f" | {statistics.mean(vals):.0f} |")
+    lines += ["", "### Per task", "", "| task | setting | accuracy | mean NFE | TPF | tokens/s | latency/sample (ms) |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['task']} | `{r['label']}` | {100 * r['accuracy']:.1f} | {r['nfe_mean']:.2f} | "
+                     f"{r['tpf']:.2f} | {r['tokens_per_second']:.0f} | {1000 * r['latency_per_sample_s']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def make_plots(payload: dict[str, Any], model: Any, tokenizer: Any, out_dir: Path, task: str = "latin_square",
+               n: int = 64) -> dict[str, str]:
+    """Pareto plot, NFE histogram and trace figures (commit gap, one decode)."""
+    from . import plots
+
+    summary = summarise(payload["results"])
+    paths = {"pareto": plots.plot_accuracy_vs_tpf(summary["settings"], out_dir / "pareto.png",
+                                                   "accuracy vs tokens per forward (mean over tasks)")}
+    rows = [r for r in payload["results"] if r["task"] == task]
+    hist = {r["label"]: r["nfe"] for r in rows if r["label"] in (
+        "llada_low_confidence(k=1)", "fast_dllm_threshold(threshold=0.9)", "credit_decoding(threshold=0.9)")}
+    if hist:
+        paths["nfe_histogram"] = plots.plot_nfe_histogram(hist, out_dir / "nfe_histogram.png", f"NFE per sample, {task}")
+    gaps, first_trace = {}, None
+    for label, strategy, overrides in (("llada one token/step", "llada_low_confidence", {}),
+                                       ("fast_dllm 0.9", "fast_dllm_threshold", {}),
+                                       ("credit 0.9", "credit_decoding", {})):
+        with torch.no_grad():
+            r = evaluate(model, tokenizer, strategy, task, n, overrides=overrides, trace=True)
+        trace = r["traces"][0]
+        gaps[label] = torch.cat([t.commit_gap() for t in r["traces"]])
+        payload.setdefault("trace_analysis", {})[label] = {
+            "task": task, "n": n, "mean_commit_gap": float(gaps[label].double().mean()),
+            "mean_commit_step": float(torch.cat([t.commit_step() for t in r["traces"]]).double().mean())}
+        if first_trace is None:
+            first_trace = trace
+        paths[f"decode_{strategy}"] = plots.plot_decode(trace, 0, out_dir / f"decode_{strategy}.png",
+                                                        f"{label} on {task}, sample 0")
+    paths["commit_gap"] = plots.plot_commit_gap(gaps, out_dir / "commit_gap.png",
+                                                f"earliest-correct to commit gap, {task}")
+    return {k: str(v) for k, v in paths.items()}
+
+
+# --------------------------------------------------------------------------- overhead
+
+
+def bare_threshold_loop(model: Any, prompt: torch.Tensor, attention_mask: torch.Tensor, gen_length: int,
+                        mask_id: int, threshold: float) -> tuple[torch.Tensor, int]:
+    """Reference baseline for the overhead measurement only: Fast-dLLM's threshold rule written
+    as one bare loop (one block), the same forwards and arithmetic as the preset."""
+    b = prompt.shape[0]
+    x = torch.cat([prompt, torch.full((b, gen_length), mask_id)], dim=1)
+    am = torch.cat([attention_mask, torch.ones(b, gen_length, dtype=torch.long)], dim=1)
+    forwards = 0
+    while True:
+        masked = x == mask_id
+        if not bool(masked.any()):
+            return x, forwards
+        logits = model(input_ids=x, attention_mask=am).logits
+        forwards += 1
+        x0 = logits.argmax(-1)
+        conf = torch.softmax(logits.to(torch.float64), -1).gather(-1, x0[..., None]).squeeze(-1)
+        conf = conf.masked_fill(~masked, float("-inf"))
+        commit = (conf >= threshold) | (torch.nn.functional.one_hot(conf.argmax(1), x.shape[1]).bool())
+        commit &= masked
+        x = torch.where(commit, x0, x)
+
+
+def overhead(model: Any, tokenizer: Any, task: str = "sort", n: int = 64, repeats: int = 5,
+             threshold: float = 0.9, batch_size: int | None = None) -> dict[str, Any]:
+    """Decode time with ``dd.generate`` vs the bare loop, interleaved, median of repeats."""
+    from .loop import generate
+    from .tasks import encode_batch
+
+    t = get_task(task)
+    examples = t.examples("test", n)
+    prompt, mask = encode_batch(tokenizer, examples, t)
+    if batch_size:
+        prompt, mask = prompt[:batch_size], mask[:batch_size]
+    kwargs = dict(attention_mask=mask, gen_length=t.gen_length, overrides={"select.threshold": threshold})
+    frame, bare = [], []
+    with torch.no_grad():
+        ours = generate(model, prompt, "fast_dllm_threshold", **kwargs)
+        ref, forwards = bare_threshold_loop(model, prompt, mask, t.gen_length, model.config.mask_token_id, threshold)
+        if not torch.equal(ours.answers, ref[:, prompt.shape[1]:]):
+            raise AssertionError("framework and bare loop disagree: the overhead comparison is void")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            generate(model, prompt, "fast_dllm_threshold", **kwargs)
+            frame.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            bare_threshold_loop(model, prompt, mask, t.gen_length, model.config.mask_token_id, threshold)
+            bare.append(time.perf_counter() - t0)
+    f, b = statistics.median(frame), statistics.median(bare)
+    return {"task": task, "batch": prompt.shape[0], "threshold": threshold, "forwards": forwards,
+            "framework_ms": 1000 * f, "bare_ms": 1000 * b, "ratio": f / b,
+            "overhead_percent": 100 * (f / b - 1), "repeats": repeats,
+            "framework_forward_calls": ours.stats["forward_calls"]}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure_bench_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="reference", help="'reference' or a local checkpoint directory")
+    p.add_argument("--tasks", nargs="*", help=f"tasks (default: all; --quick: {' '.join(QUICK_TASKS)})")
+    p.add_argument("--setting", dest="settings", action="append", default=[], metavar="PRESET[:K=V,...]",
+                   help="a setting to run instead of the built-in sweep, e.g. credit_decoding:select.threshold=0.8 (repeatable)")
+    p.add_argument("--n", type=int, help="test examples per task (default 200; --quick 32)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
+    p.add_argument("--overhead", action="store_true", help="only measure framework vs bare-loop decode time")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and trace figures")
+    p.add_argument("--out", default="bench-results", help="output directory (bench.json, bench.md, PNGs)")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    if args.overhead:
+        model, tokenizer = load_model(args.model)
+        results = {f"batch {b}": overhead(model, tokenizer, batch_size=b) for b in (1, 16)}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "overhead.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
+        return 0
+    settings = parse_settings(args.settings) if args.settings else SWEEPS["quick" if args.quick else "full"]
+    tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
+    n = args.n or (32 if args.quick else 200)
+    validate(settings, tasks)  # before loading anything
+    model, tokenizer = load_model(args.model)
+    start = time.time()
+    try:
+        payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size,
+                      meta={"model": args.model, "quick": args.quick})
+    except KeyboardInterrupt:
+        print(f"interrupted: finished results kept in {out_dir / 'bench.json'}")
+        raise
+    payload["meta"]["seconds"] = round(time.time() - start, 1)
+    payload["claims"] = claims(payload["results"])
+    if not args.no_plots:
+        payload["plots"] = make_plots(payload, model, tokenizer, out_dir,
+                                      task="latin_square" if "latin_square" in tasks else tasks[0],
+                                      n=min(n, 64))
+    _write(out_dir, payload)
+    (out_dir / "bench.md").write_text(markdown(payload))
+    print(markdown(payload))
+    print(json.dumps(payload["claims"], indent=2))
+    return 0

@@ -1,0 +1,125 @@
+"""Accuracy, forwards and speed of one strategy on one task: ``dllm-decode eval``.
+
+Definitions (also in docs/benchmarks.md):
+
+* **NFE** per sample: model forwards the row cost (``out.nfe``).
+* **TPF** (tokens per forward): ``gen_length / NFE`` per sample, averaged; the answer region
+  including its EOS fill, as the LLaDA / Fast-dLLM / d3LLM papers count it.
+* **tokens/s**: ``n * gen_length / wall seconds`` of the decode calls (batched).
+* **latency/sample**: wall seconds of the decode calls / n.
+* **peak RSS**: the process's resident-memory high-water mark after the run (``ru_maxrss``);
+  it includes the model and Python, and never goes down, so compare runs in fresh processes.
+  ``logits_mb_per_step`` is the size of one step's logits for one batch, the dominant per-step
+  tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .config import load_strategy, parse_overrides
+from .loop import generate
+from .tasks import Task, decode_answer, encode_batch, get_task
+
+
+def evaluate(model: Any, tokenizer: Any, strategy: Any, task: Task | str, n: int, *,
+             split: str = "test", batch_size: int = 64, overrides: Mapping[str, Any] | None = None,
+             seed: int = 0, trace: bool = False, keep_predictions: bool = False) -> dict[str, Any]:
+    """Decode ``n`` examples of ``task`` with ``strategy`` and measure everything."""
+    task = get_task(task) if isinstance(task, str) else task
+    overrides = {"gen_length": task.gen_length, "block_length": task.gen_length, **(overrides or {})}
+    load_strategy(strategy, overrides)  # fail before any work
+    examples = task.examples(split, n, seed=seed)
+    correct, nfe, predictions, traces = [], [], [], []
+    seconds = 0.0
+    calls = 0
+    for start in range(0, n, batch_size):
+        batch = examples[start:start + batch_size]
+        prompt, mask = encode_batch(tokenizer, batch, task)
+        t0 = time.perf_counter()
+        out = generate(model, prompt, strategy, attention_mask=mask, overrides=overrides,
+                       seed=seed + start, trace=trace)
+        seconds += time.perf_counter() - t0
+        calls += out.stats["forward_calls"]
+        answers = [decode_answer(tokenizer, a) for a in out.answers]
+        correct += [task.check(a, e) for a, e in zip(answers, batch)]
+        nfe += out.nfe.tolist()
+        if keep_predictions:
+            predictions += answers
+        if trace:
+            traces.append(out.trace)
+    gen = task.gen_length
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or getattr(model, "vocab_size", 0)
+    width = prompt.shape[1] + gen
+    result: dict[str, Any] = {
+        "task": task.name, "strategy": strategy if isinstance(strategy, str) else "custom",
+        "overrides": {k: v for k, v in overrides.items() if k not in ("gen_length", "block_length")},
+        "n": n, "gen_length": gen, "accuracy": sum(correct) / n,
+        "nfe_mean": sum(nfe) / n, "nfe": nfe,
+        "tpf": sum(gen / x for x in nfe) / n,
+        "forward_calls": calls,
+        "tokens_per_second": n * gen / seconds if seconds else float("inf"),
+        "latency_per_sample_s": seconds / n, "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "logits_mb_per_step": min(batch_size, n) * width * vocab * 4 / 2**20,
+    }
+    if keep_predictions:
+        result["predictions"] = predictions
+        result["correct"] = correct
+    if trace:
+        result["traces"] = traces
+    return result
+
+
+def load_model(name: str):
+    """``(model, tokenizer)`` for ``reference`` or a local checkpoint directory."""
+    from .reference import load_reference_model
+
+    return load_reference_model(None if name == "reference" else name)
+
+
+def configure_eval_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="reference", help="'reference' or a local checkpoint directory")
+    p.add_argument("--strategy", default="credit_decoding", help="preset name or .toml path")
+    p.add_argument("--task", required=True, help="task name (see dllm_decoding.tasks.TASKS)")
+    p.add_argument("--n", type=int, default=200, help="test examples (default 200)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy override, e.g. select.threshold=0.8 (repeatable)")
+    p.add_argument("--predictions", action="store_true", help="include every prediction in the JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the JSON to this file")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    task = get_task(args.task)
+    overrides = parse_overrides(args.overrides)
+    load_strategy(args.strategy, {"gen_length": task.gen_length, "block_length": task.gen_length, **overrides})
+    model, tokenizer = load_model(args.model)
+    with torch.no_grad():
+        result = evaluate(model, tokenizer, args.strategy, task, args.n, split=args.split,
+                          batch_size=args.batch_size, overrides=overrides, seed=args.seed,
+                          keep_predictions=args.predictions)
+    if not args.predictions:
+        result.pop("nfe")
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+
+    sys.exit(main(["eval", *sys.argv[1:]]))

@@ -1,0 +1,120 @@
+"""Benchmark machinery: AUP, Pareto front, validation before work, interrupts, reports, plots,
+evaluation on a toy model (never timing asserts)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import dllm_decoding as dd
+from dllm_decoding import bench, cli, plots
+from dllm_decoding.evaluate import evaluate
+from dllm_decoding.reference.tokenizer import build_tokenizer
+from dllm_decoding.testing import ContextModel
+
+
+def test_aup_hand_computed():
+    # the 70% point is more than 5 points below the least parallel one: dropped
+    assert bench.aup([(1, 80), (2, 80), (4, 70)], y_max=80) == pytest.approx(80 + 80)
+    w = math.exp(-3 * (1 - 78 / 80))
+    assert bench.aup([(2, 78), (1, 80)], y_max=80) == pytest.approx(80 + (80 + 78 * w) / 2)
+    assert bench.aup_weight(90, 80) == 1.0 and bench.aup([], 80) == 0.0
+
+
+def test_pareto_front():
+    pts = [(1, 90), (2, 85), (2, 80), (3, 70), (1.5, 60), (4, 70)]
+    assert plots.pareto_front(pts) == [(1, 90), (2, 85), (4, 70)]
+
+
+def test_settings_parse_and_validate_before_work(monkeypatch):
+    settings = bench.parse_settings(["credit_decoding:select.threshold=0.8,fuse.credit.alpha=0.5", "llada_low_confidence"])
+    assert settings[0].overrides == {"select.threshold": 0.8, "fuse.credit.alpha": 0.5}
+    assert settings[0].label == "credit_decoding(threshold=0.8, alpha=0.5)"
+    monkeypatch.setattr(bench, "evaluate", lambda *a, **k: pytest.fail("decoded before validating"))
+    with pytest.raises(dd.ConfigError, match="unknown option 'threshhold'"):
+        bench.run(None, None, bench.parse_settings(["credit_decoding:select.threshhold=0.8"]), ["sort"], 4, None)
+    with pytest.raises(dd.ConfigError, match="unknown task 'sorting'"):
+        bench.run(None, None, settings, ["sorting"], 4, None)
+    with pytest.raises(dd.ConfigError, match="unknown strategy 'credit'"):
+        bench.validate(bench.parse_settings(["credit"]), ["sort"])
+
+
+def test_cli_rejects_bad_names_before_loading_a_model(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "load_model", lambda *a: pytest.fail("model loaded before validation"))
+    assert cli.main(["bench", "--setting", "fast_dllm_threshold:select.treshold=0.5", "--out", "/tmp/x"]) == 2
+    assert "unknown option 'treshold'" in capsys.readouterr().err
+    assert cli.main(["bench", "--tasks", "sorting", "--out", "/tmp/x"]) == 2
+    assert cli.main(["eval", "--task", "sorting"]) == 2
+
+
+def _fake_result(task, label, strategy, acc, nfe, gen=10):
+    return {"task": task, "label": label, "strategy": strategy, "overrides": {"select.threshold": 0.9},
+            "accuracy": acc, "nfe_mean": nfe, "nfe": [nfe], "tpf": gen / nfe, "tokens_per_second": 1.0,
+            "latency_per_sample_s": 0.001}
+
+
+def test_interrupt_keeps_finished_results(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_evaluate(model, tokenizer, strategy, task, n, **kw):
+        calls.append(strategy)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return _fake_result(task, "x", strategy, 0.5, 4)
+
+    monkeypatch.setattr(bench, "evaluate", fake_evaluate)
+    settings = bench.parse_settings(["fast_dllm_threshold", "credit_decoding"])
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(None, None, settings, ["sort"], 4, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["interrupted"] is True and len(saved["results"]) == 1
+    assert "INTERRUPTED" in bench.markdown(saved)
+
+
+def test_summary_claims_and_markdown():
+    results = []
+    for task in ("a", "b"):
+        results += [_fake_result(task, "llada_low_confidence(k=1)", "llada_low_confidence", 0.9, 10),
+                    _fake_result(task, "credit_decoding(threshold=0.9)", "credit_decoding", 0.9, 2),
+                    _fake_result(task, "credit_decoding(threshold=0.5)", "credit_decoding", 0.6, 1),
+                    _fake_result(task, "fast_dllm_threshold(threshold=0.9)", "fast_dllm_threshold", 0.9, 3),
+                    _fake_result(task, "fast_dllm_threshold(threshold=0.5)", "fast_dllm_threshold", 0.6, 1.5)]
+    claims = bench.claims(results)
+    speed = claims["speedup_vs_one_token_per_step"]
+    assert speed["credit"] == "credit_decoding(threshold=0.9)" and speed["forward_reduction"] == 5.0
+    match = {m["credit"]: m for m in claims["credit_vs_fast_dllm"]}["credit_decoding(threshold=0.9)"]
+    assert match["fast_dllm_at_same_accuracy_within_0.5"] == [("fast_dllm_threshold(threshold=0.9)", 3)]
+    assert match["fast_dllm_nfe_interpolated"] == 3
+    text = bench.markdown({"meta": {"n": 1}, "results": results})
+    assert "| `credit_decoding(threshold=0.9)` | 90.0 | 2.00 | 5.00 |" in text
+    assert "AUP" in text
+
+
+@pytest.fixture(scope="module")
+def toy():
+    tokenizer = build_tokenizer()
+    return ContextModel(vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id, scale=8.0), tokenizer
+
+
+def test_evaluate_on_a_toy_model(toy):
+    model, tokenizer = toy
+    r = evaluate(model, tokenizer, "fast_dllm_threshold", "copy", 10, batch_size=4,
+                 overrides={"select.threshold": 0.5}, keep_predictions=True, trace=True)
+    assert r["n"] == 10 and len(r["nfe"]) == 10 and len(r["predictions"]) == 10
+    assert all(1 <= x <= 12 for x in r["nfe"]) and r["tpf"] >= 1.0
+    assert 0.0 <= r["accuracy"] <= 1.0 and r["peak_rss_mb"] > 0
+    assert len(r["traces"]) == 3
+
+
+def test_plots_write_pngs(tmp_path, toy):
+    model, tokenizer = toy
+    rows = [{"strategy": "a", "tpf": 1.0, "accuracy": 0.9}, {"strategy": "a", "tpf": 2.0, "accuracy": 0.8},
+            {"strategy": "b", "tpf": 3.0, "accuracy": 0.7}]
+    out = dd.generate(model, torch.tensor([[5, 6, 7]]), "credit_decoding", gen_length=8, trace=True)
+    paths = [plots.plot_accuracy_vs_tpf(rows, tmp_path / "p.png", "t"),
+             plots.plot_nfe_histogram({"x": [1, 2, 2, 3]}, tmp_path / "h.png", "t"),
+             plots.plot_commit_gap({"x": out.trace.commit_gap()}, tmp_path / "g.png", "t"),
+             plots.plot_decode(out.trace, 0, tmp_path / "d.png", "t")]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
