@@ -175,6 +175,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 
 #: every character any task writes, in a fixed order (the tokenizer's vocabulary)
 ALPHABET = sorted(set(DIGITS) | set("".join(NAMES)) | set("_:,+=") | set("CRSIAML"))
+_ALPHABET_SET = frozenset(ALPHABET)
 
 
 def get_task(name: str) -> Task:
@@ -186,6 +187,13 @@ def get_task(name: str) -> Task:
 
 def encode_batch(tokenizer, examples: list[Example], task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts as a LEFT-padded LongTensor ``(B, P)`` and its attention mask."""
+    if not examples:
+        raise ValueError("encode_batch needs at least one example")
+    for ex in examples:
+        unknown = set(ex.prompt) - _ALPHABET_SET
+        if unknown:
+            raise ValueError(f"prompt {ex.prompt!r} has characters outside the task alphabet: "
+                             f"{''.join(sorted(unknown))!r}")
     ids = [tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in examples]
     width = max(len(i) for i in ids)
     prompt = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -208,7 +216,8 @@ def encode_answers(tokenizer, examples: list[Example], task: Task) -> torch.Tens
 
 
 def decode_answer(tokenizer, ids: torch.Tensor) -> str:
-    """The answer text: everything before the first EOS, special tokens dropped."""
+    """The answer text from the answer-region ids (e.g. ``out.sequences[row, P:]`` or
+    ``out.answers[row]``): everything before the first EOS, [PAD]/[MASK] dropped."""
     ids = [int(i) for i in ids]
     if tokenizer.eos_token_id in ids:
         ids = ids[: ids.index(tokenizer.eos_token_id)]

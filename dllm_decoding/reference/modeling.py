@@ -34,6 +34,7 @@ class ReferenceConfig(PretrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.mask_token_id = mask_token_id
         self.initializer_range = initializer_range
+        kwargs.setdefault("tie_word_embeddings", False)  # LLaDA: untied output head
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
 
 
@@ -87,13 +88,6 @@ class ReferenceModelForMaskedLM(PreTrainedModel):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # untied
-        head_dim = config.hidden_size // config.num_attention_heads
-        inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        # the model never proposes [MASK] or [PAD]
-        never = torch.zeros(config.vocab_size)
-        never[[config.mask_token_id, config.pad_token_id]] = -1e4
-        self.register_buffer("never", never, persistent=False)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -102,21 +96,43 @@ class ReferenceModelForMaskedLM(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 
+    # RoPE frequencies and the logit bias are computed in forward, not kept as buffers:
+    # from_pretrained builds the model without running __init__'s tensor code on real memory,
+    # so non-persistent buffers would come back uninitialised.
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+        return 1.0 / self.config.rope_theta ** exponent
+
+    def _never(self, device: torch.device) -> torch.Tensor:
+        """Logit bias: the model never proposes [MASK] or [PAD]."""
+        never = torch.zeros(self.config.vocab_size, device=device)
+        never[[self.config.mask_token_id, self.config.pad_token_id]] = -1e4
+        return never
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> MaskedLMOutput:
+        """``logits[:, i]`` predicts token ``i``. ``attention_mask`` (B, T) of 0/1 marks real
+        tokens (left padding): padded keys are never attended to and RoPE positions count real
+        tokens only, so a row gives the same logits alone as inside a padded batch. ``labels``
+        (optional, -100 = ignore) gives a plain cross-entropy ``loss``."""
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
         # positions count real tokens only, so left padding does not shift them
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0).to(torch.float32)
-        angles = positions[:, None, :, None] * self.inv_freq  # (b, 1, t, hd/2)
+        angles = positions[:, None, :, None] * self._inv_freq(input_ids.device)  # (b, 1, t, hd/2)
         cos, sin = angles.cos(), angles.sin()
         key_mask = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, t): never attend to padding
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, key_mask)
-        logits = self.lm_head(self.norm(x)) + self.never
-        return MaskedLMOutput(logits=logits)
+        logits = self.lm_head(self.norm(x)) + self._never(x.device)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits)
 
 
 AutoConfig.register(MODEL_TYPE, ReferenceConfig, exist_ok=True)

@@ -1,4 +1,10 @@
-"""A character-level tokenizer for the reference tasks, saved with the checkpoint."""
+"""A character-level tokenizer for the reference tasks, saved with the checkpoint.
+
+One token per character of :data:`dllm_decoding.tasks.ALPHABET`, after three special tokens
+whose ids the model config repeats: ``[MASK]`` = 0, ``[PAD]`` = 1, ``[EOS]`` = 2. No chat template,
+no BOS; padding on the left (LLaDA's batched generate). Characters outside the alphabet map to
+``[PAD]``; :func:`dllm_decoding.tasks.encode_batch` rejects them before that can happen.
+"""
 
 from __future__ import annotations
 
@@ -16,4 +22,4 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=core, mask_token="[MASK]", pad_token="[PAD]",
-                                   eos_token="[EOS]", padding_side="left")
+                                   eos_token="[EOS]", padding_side="left", model_max_length=128)

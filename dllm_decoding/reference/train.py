@@ -1,12 +1,15 @@
 """Train the reference model with LLaDA's objective on the task suite.
 
-    python -m dllm_decoding.reference.train --steps 6000 --out runs/reference
-    dllm-decode train-reference --steps 6000 --out runs/reference
+    python -m dllm_decoding.reference.train --minutes 25 --out runs/reference
+    dllm-decode train-reference --steps 12000 --threads 2 --out runs/reference
 
 LLaDA's SFT objective: sample t ~ U(eps, 1] per sequence, mask each answer token (EOS fill
 included) with probability t, never the prompt; cross-entropy on masked positions weighted by
-1/t, normalised by the number of answer tokens. Each step draws one task (by the mixture
-weights) and a batch of its training split. Seeded: the same seed gives the same run.
+1/t, normalised by the number of answer tokens. Each step draws one task and a batch of its
+training split; batches hold about ``--batch-tokens`` tokens, so short tasks get more examples
+per step. The task mixture starts from fixed base weights and, after every validation pass,
+is re-weighted by each task's validation loss (hard tasks get more steps, solved ones fewer,
+never zero). Seeded: the same seed (and thread count) gives the same run.
 """
 
 from __future__ import annotations
@@ -14,25 +17,38 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..tasks import TASKS, encode_answers, encode_batch
+from ..tasks import TASKS, decode_answer, encode_answers, encode_batch
 from .modeling import ReferenceConfig, ReferenceModelForMaskedLM
 from .tokenizer import build_tokenizer
 
-DEFAULT_MIX = {"copy": 0.6, "reverse": 0.8, "sort": 1.2, "insert": 1.2, "addition": 2.4,
-               "complement": 1.0, "latin_square": 2.8}
+#: base share of optimiser steps per task (before the validation-loss re-weighting)
+BASE_MIX = {"copy": 0.5, "reverse": 0.7, "sort": 1.2, "insert": 1.0, "addition": 2.4,
+            "complement": 1.0, "latin_square": 3.0}
+#: decoding settings measured in the training report (all through dd.generate)
+EVAL_SETTINGS = {
+    "one token per step": {"strategy": "llada_low_confidence"},
+    "threshold 0.5": {"strategy": "fast_dllm_threshold", "overrides": {"select.threshold": 0.5}},
+    "top-k k=8": {"strategy": "llada_low_confidence", "overrides": {"select.k": 8}},
+}
 
 
-def masked_diffusion_loss(model, prompt, attention_mask, answers, generator, eps=1e-3):
-    """LLaDA's loss for one batch; returns (loss, number of masked tokens)."""
+def masked_diffusion_loss(model, prompt, attention_mask, answers, generator=None, eps=1e-3, t=None):
+    """LLaDA's loss for one batch; returns (loss, number of masked tokens).
+
+    ``t`` (B, 1) may be given (validation uses fixed noise levels); otherwise it is drawn."""
     b, g = answers.shape
-    t = eps + (1 - eps) * torch.rand(b, 1, generator=generator)
+    if t is None:
+        t = eps + (1 - eps) * torch.rand(b, 1, generator=generator)
     masked = torch.rand(b, g, generator=generator) < t
     noisy = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
     ids = torch.cat([prompt, noisy], dim=1)
@@ -43,14 +59,41 @@ def masked_diffusion_loss(model, prompt, attention_mask, answers, generator, eps
     return loss, int(masked.sum())
 
 
-def evaluate_accuracy(model, tokenizer, n: int, settings: dict[str, dict], seed: int = 0) -> dict:
-    """Exact-match accuracy per task on the test split for each named decoding setting."""
+class Validation:
+    """A fixed validation set per task with fixed noise levels and masks: a deterministic,
+    low-variance loss to compare steps and runs."""
+
+    def __init__(self, tokenizer, n: int, seed: int = 1234) -> None:
+        self.batches = {}
+        for name, task in TASKS.items():
+            examples = task.examples("validation", n, seed=0)
+            prompt, mask = encode_batch(tokenizer, examples, task)
+            t = ((torch.arange(n, dtype=torch.float32) + 0.5) / n)[:, None]  # stratified noise levels
+            self.batches[name] = (prompt, mask, encode_answers(tokenizer, examples, task), t)
+        self.seed = seed
+
+    @torch.no_grad()
+    def losses(self, model) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        out = {}
+        for name, (prompt, mask, answers, t) in self.batches.items():
+            gen = torch.Generator().manual_seed(self.seed)
+            out[name] = float(masked_diffusion_loss(model, prompt, mask, answers, gen, t=t)[0])
+        model.train(was_training)
+        return out
+
+
+@torch.no_grad()
+def evaluate_accuracy(model, tokenizer, n: int, settings: dict[str, dict] = EVAL_SETTINGS,
+                      split: str = "test", seed: int = 0) -> dict:
+    """Exact-match accuracy (and mean NFE) per task on ``split`` for each decoding setting,
+    decoded with ``dd.generate`` (one block of ``gen_length``)."""
     import dllm_decoding as dd
-    from ..tasks import decode_answer
 
     results: dict[str, dict[str, float]] = {}
     for name, task in TASKS.items():
-        examples = task.examples("test", n, seed=seed)
+        examples = task.examples(split, n, seed=seed)
         prompt, mask = encode_batch(tokenizer, examples, task)
         for label, setting in settings.items():
             out = dd.generate(model, prompt, setting["strategy"], attention_mask=mask,
@@ -62,45 +105,102 @@ def evaluate_accuracy(model, tokenizer, n: int, settings: dict[str, dict], seed:
     return results
 
 
-EVAL_SETTINGS = {
-    "one token per step": {"strategy": "llada_low_confidence"},
-    "threshold 0.5": {"strategy": "fast_dllm_threshold", "overrides": {"select.threshold": 0.5}},
-    "top-k k=8": {"strategy": "llada_low_confidence", "overrides": {"select.k": 8}},
-}
+def _batch_sizes(tokenizer, budget: int, lo: int = 16, hi: int = 256) -> dict[str, int]:
+    """Examples per step for each task so that a batch holds about ``budget`` tokens."""
+    sizes = {}
+    for name, task in TASKS.items():
+        longest = max(len(e.prompt) for e in task.examples("validation", 64, seed=99)) + task.gen_length
+        sizes[name] = max(lo, min(hi, budget // longest))
+    return sizes
 
 
-def train(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    tokenizer = build_tokenizer()
+class ThreadGovernor:
+    """``--threads auto``: use both cores while nobody else needs them, one when another process
+    is busy (two torch processes with two threads each on two cores thrash). Decided at every
+    validation pass from /proc/stat: CPU time used by others = machine busy time - ours."""
+
+    def __init__(self, most: int = 2) -> None:
+        self.most = most
+        self.threads = most
+        self.last = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            busy = None
+        return time.time(), busy, time.process_time()
+
+    def update(self) -> int:
+        now = self._sample()
+        (t0, b0, p0), (t1, b1, p1) = self.last, now
+        self.last = now
+        if b0 is not None and b1 is not None and t1 > t0:
+            others = ((b1 - b0) - (p1 - p0)) / (t1 - t0)  # cores used by other processes
+            self.threads = 1 if others > 0.5 else self.most
+            torch.set_num_threads(self.threads)
+        return self.threads
+
+
+def build_model(tokenizer, args: argparse.Namespace) -> ReferenceModelForMaskedLM:
     config = ReferenceConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
                              num_attention_heads=args.heads, intermediate_size=args.ff,
                              mask_token_id=tokenizer.mask_token_id, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id)
-    model = ReferenceModelForMaskedLM(config)
-    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    mix = {k: v for k, v in DEFAULT_MIX.items()}
-    names, weights = list(mix), list(mix.values())
-    warmup = min(300, args.steps // 10)
+    return ReferenceModelForMaskedLM(config)
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, args.steps - warmup)
-        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+def train(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
-    curve, start, window = [], time.time(), []
-    bar = tqdm(range(args.steps), desc="train", mininterval=5, disable=args.quiet)
+    governor = ThreadGovernor() if args.threads == "auto" else None
+    torch.set_num_threads(2 if governor else int(args.threads))
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, args)
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    batch_sizes = _batch_sizes(tokenizer, args.batch_tokens)
+    validation = Validation(tokenizer, args.val_n)
+    base = dict(BASE_MIX)
+    weights = dict(base)
+    names = list(TASKS)
+
+    total = args.steps
+    if not total and not args.minutes:
+        raise SystemExit("give --steps or --minutes")
+    sized_from_time = not total
+    if sized_from_time:
+        total = 10 ** 9  # sized after the timing probe below
+
+    def lr_at(step: int) -> float:
+        warmup = min(args.warmup, max(1, total // 10))
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    curve: list[dict] = []
+    window: list[float] = []
+    start = time.time()
+    bar = tqdm(total=args.steps or None, desc="train", mininterval=5, disable=args.quiet, file=sys.stderr)
     step = 0
-    for step in bar:
-        if args.minutes and time.time() - start > 60 * args.minutes:
-            break
-        task = TASKS[rng.choices(names, weights)[0]]
-        examples = [task.sample(rng) for _ in range(args.batch_size)]
+    while step < total:
+        if sized_from_time and step == args.probe_steps:
+            # --minutes without --steps: fix the step count (and so the LR schedule) from the
+            # measured speed of the first steps, keeping ~8% of the budget for validation passes
+            per_step = (time.time() - start) / step
+            total = max(step + 1, int(0.92 * 60 * args.minutes / per_step))
+            bar.reset(total=total)
+            bar.update(step)
+        task_name = rng.choices(names, [weights[n] for n in names])[0]
+        task = TASKS[task_name]
+        examples = [task.sample(rng) for _ in range(batch_sizes[task_name])]
         prompt, mask = encode_batch(tokenizer, examples, task)
         answers = encode_answers(tokenizer, examples, task)
         for group in optim.param_groups:
@@ -111,28 +211,53 @@ def train(args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         window.append(float(loss.detach()))
-        if (step + 1) % 50 == 0:
-            curve.append({"step": step + 1, "loss": sum(window) / len(window), "seconds": time.time() - start})
-            bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
+        step += 1
+        bar.update(1)
+        if step % args.eval_every == 0 or step == total:
+            val = validation.losses(model)
+            threads = governor.update() if governor else int(args.threads)
+            mean_val = sum(val.values()) / len(val)
+            if not args.fixed_mix:
+                # more steps where the validation loss is high; a floor keeps solved tasks alive
+                weights = {n: base[n] * (val[n] + args.mix_floor) for n in names}
+            curve.append({"step": step, "train_loss": sum(window) / len(window), "val_loss": mean_val,
+                          "val_loss_per_task": {k: round(v, 5) for k, v in val.items()},
+                          "seconds": round(time.time() - start, 1), "threads": threads})
+            bar.set_postfix(train=f"{curve[-1]['train_loss']:.3f}", val=f"{mean_val:.3f}")
             window = []
+    bar.close()
     wall = time.time() - start
     model.eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    with torch.no_grad():
-        accuracy = evaluate_accuracy(model, tokenizer, args.eval_n, EVAL_SETTINGS)
+    t_eval = time.time()
+    accuracy = evaluate_accuracy(model, tokenizer, args.eval_n)
+    config = model.config
     report = {
-        "seed": args.seed, "steps": step + 1, "batch_size": args.batch_size, "lr": args.lr,
-        "threads": args.threads, "train_seconds": round(wall, 1),
+        "command": "python -m dllm_decoding.reference.train " + " ".join(args.argv),
+        "seed": args.seed, "steps": step, "threads": args.threads,
+        "train_seconds": round(wall, 1), "seconds_per_step": round(wall / max(1, step), 4),
+        "eval_seconds": round(time.time() - t_eval, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "config": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                    "intermediate_size", "vocab_size")},
-        "task_mix": mix, "final_loss": curve[-1]["loss"] if curve else None,
-        "eval_examples_per_task": args.eval_n, "test_accuracy": accuracy, "loss_curve": curve,
+                                                    "intermediate_size", "vocab_size", "mask_token_id",
+                                                    "pad_token_id", "eos_token_id")},
+        "optimiser": {"name": "AdamW", "lr": args.lr, "betas": [0.9, 0.98], "weight_decay": 0.01,
+                      "warmup": min(args.warmup, max(1, total // 10)), "schedule": "cosine to 5%",
+                      "grad_clip": 1.0},
+        "batch_tokens": args.batch_tokens, "batch_size_per_task": batch_sizes,
+        "base_mix": base, "adaptive_mix": not args.fixed_mix, "final_mix": weights,
+        "final_train_loss": curve[-1]["train_loss"] if curve else None,
+        "final_val_loss": curve[-1]["val_loss"] if curve else None,
+        "final_val_loss_per_task": curve[-1]["val_loss_per_task"] if curve else None,
+        "eval_split": "test", "eval_examples_per_task": args.eval_n,
+        "eval_settings": EVAL_SETTINGS, "test_accuracy": accuracy,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "loss_curve": curve,
     }
-    (out / "training_report.json").write_text(json.dumps(report, indent=2))
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(curve, out / "loss_curve.png")
     return report
 
@@ -143,41 +268,72 @@ def _plot(curve: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([c["step"] for c in curve], [c["loss"] for c in curve])
-    ax.set_xlabel("step")
-    ax.set_ylabel("masked-diffusion loss")
-    ax.set_yscale("log")
-    ax.set_title("reference model training")
-    ax.grid(alpha=0.3)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = [c["step"] for c in curve]
+    ax.plot(steps, [c["train_loss"] for c in curve], label="train (window mean)", alpha=0.7)
+    ax.plot(steps, [c["val_loss"] for c in curve], label="validation (mean over tasks)")
+    ax.set_title("LLaDA masked-diffusion loss")
+    for name in (curve[0]["val_loss_per_task"] if curve else {}):
+        bx.plot(steps, [max(c["val_loss_per_task"][name], 1e-4) for c in curve], label=name)
+    bx.set_title("validation loss per task")
+    for a in (ax, bx):
+        a.set_xlabel("optimiser step")
+        a.set_yscale("log")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _threads(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dllm-decode train-reference",
-                                description="Train the reference masked-diffusion model on the task suite.")
+    p = argparse.ArgumentParser(prog="python -m dllm_decoding.reference.train",
+                                description="Train the reference masked-diffusion model on the task suite "
+                                            "(LLaDA objective) and write a checkpoint, training_report.json "
+                                            "and loss_curve.png.")
     p.add_argument("--out", default="runs/reference", help="output directory (checkpoint + report)")
-    p.add_argument("--steps", type=int, default=6000, help="optimiser steps (the LR schedule spans them)")
-    p.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0 = no limit)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=0,
+                   help="optimiser steps (the LR schedule spans them); 0 = size from --minutes")
+    p.add_argument("--minutes", type=float, default=0,
+                   help="training time budget: with --steps 0 the step count is set from the speed of the "
+                        "first steps (evaluation afterwards takes ~1 more minute)")
+    p.add_argument("--batch-tokens", type=int, default=2048, help="tokens (prompt + answer) per batch")
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--ff", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
+    p.add_argument("--threads", default="1", type=_threads,
+                   help="torch threads, or 'auto': 2 while no other process is busy, else 1 (re-checked "
+                        "at every validation pass; results then match a fixed-thread run only up to float noise)")
+    p.add_argument("--fixed-mix", action="store_true", help="keep the base task mix (no re-weighting)")
+    p.add_argument("--mix-floor", type=float, default=0.05,
+                   help="re-weighted share = base * (validation loss + floor)")
+    p.add_argument("--probe-steps", type=int, default=40, help="steps timed to size a --minutes run")
+    p.add_argument("--eval-every", type=int, default=250, help="validation-loss interval (steps)")
+    p.add_argument("--val-n", type=int, default=96, help="validation examples per task")
     p.add_argument("--eval-n", type=int, default=200, help="test examples per task for the report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    report = train(build_parser().parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    report = train(args)
     acc = report["test_accuracy"]
     print(json.dumps({k: acc[k] for k in EVAL_SETTINGS}, indent=2))
+    print(f"steps {report['steps']}, {report['train_seconds']} s, final validation loss "
+          f"{report['final_val_loss']:.4f}; checkpoint in {args.out}")
     return 0
 
 
