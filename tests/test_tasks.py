@@ -60,3 +60,49 @@ def test_unknown_task_and_split_are_clear_errors():
         get_task("sorting")
     with pytest.raises(ConfigError, match="unknown split 'dev'"):
         TASKS["copy"].examples("dev", 3)
+
+
+def test_the_suite_has_the_required_tasks_and_answer_lengths():
+    assert {"copy", "reverse", "sort", "insert", "addition", "latin_square"} <= set(TASKS)
+    assert max(t.gen_length for t in TASKS.values()) >= 32  # one long-answer task
+    assert sum(t.gen_length <= 16 for t in TASKS.values()) >= len(TASKS) - 1  # the rest short
+
+
+def test_every_split_is_fixed_by_the_problem_not_by_the_seed():
+    # the split is a hash of the canonical problem: any example drawn anywhere lands in its split
+    for task in TASKS.values():
+        for split in ("train", "validation", "test"):
+            for ex in task.examples(split, 20, seed=5):
+                assert task.split_of(ex) == split
+        assert all(task.split_of(task.sample(__import__("random").Random(1))) == "train" for _ in range(5))
+
+
+def test_addition_writes_the_sum_least_significant_digit_first():
+    task = get_task("addition")
+    for ex in task.examples("test", 50):
+        a, b = ex.prompt[1:-1].split("+")
+        assert int(ex.answer[::-1]) == int(a[::-1]) + int(b[::-1])
+
+
+def test_encode_batch_left_pads_and_decode_answer_strips_eos_and_pad():
+    import torch
+
+    from dllm_decoding.reference.tokenizer import build_tokenizer
+    from dllm_decoding.tasks import decode_answer, encode_answers, encode_batch
+
+    tok = build_tokenizer()
+    task = get_task("reverse")
+    examples = [Example("R12=", "21"), Example("R123456=", "654321")]
+    prompt, mask = encode_batch(tok, examples, task)
+    assert prompt.shape == mask.shape == (2, 8) and prompt.dtype == torch.long
+    assert mask[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and mask[1].tolist() == [1] * 8
+    assert prompt[0, :4].tolist() == [tok.pad_token_id] * 4
+    assert tok.decode(prompt[0, 4:].tolist()) == "R12="
+    answers = encode_answers(tok, examples, task)
+    assert answers.shape == (2, task.gen_length)
+    assert answers[0, 2:].tolist() == [tok.eos_token_id] * (task.gen_length - 2)
+    assert [decode_answer(tok, a) for a in answers] == ["21", "654321"]
+    # everything after the first EOS is ignored; stray pads are dropped
+    assert decode_answer(tok, torch.tensor([tok.pad_token_id, *answers[0, :2].tolist(), tok.eos_token_id, 5])) == "21"
+    with pytest.raises(ValueError, match="outside the task alphabet"):
+        encode_batch(tok, [Example("R1?2=", "21")], task)

@@ -185,6 +185,10 @@ def train(args: argparse.Namespace) -> dict:
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress_file = out / "progress.jsonl"  # the curve, one line per validation pass, as it happens
+    progress_file.write_text("")
     curve: list[dict] = []
     window: list[float] = []
     start = time.time()
@@ -223,13 +227,13 @@ def train(args: argparse.Namespace) -> dict:
             curve.append({"step": step, "train_loss": sum(window) / len(window), "val_loss": mean_val,
                           "val_loss_per_task": {k: round(v, 5) for k, v in val.items()},
                           "seconds": round(time.time() - start, 1), "threads": threads})
+            with progress_file.open("a") as f:
+                f.write(json.dumps(curve[-1]) + "\n")
             bar.set_postfix(train=f"{curve[-1]['train_loss']:.3f}", val=f"{mean_val:.3f}")
             window = []
     bar.close()
     wall = time.time() - start
     model.eval()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     t_eval = time.time()
