@@ -231,6 +231,10 @@ def train(args: argparse.Namespace) -> dict:
                 f.write(json.dumps(curve[-1]) + "\n")
             bar.set_postfix(train=f"{curve[-1]['train_loss']:.3f}", val=f"{mean_val:.3f}")
             window = []
+            if args.save_every and step % args.save_every == 0:
+                # an interrupted run still leaves a usable checkpoint (``latest/``)
+                model.save_pretrained(out / "latest")
+                tokenizer.save_pretrained(out / "latest")
     bar.close()
     wall = time.time() - start
     model.eval()
@@ -323,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-weighted share = base * (validation loss + floor)")
     p.add_argument("--probe-steps", type=int, default=40, help="steps timed to size a --minutes run")
     p.add_argument("--eval-every", type=int, default=250, help="validation-loss interval (steps)")
+    p.add_argument("--save-every", type=int, default=2000,
+                   help="also save the model to OUT/latest every N steps (0 = only at the end)")
     p.add_argument("--val-n", type=int, default=96, help="validation examples per task")
     p.add_argument("--eval-n", type=int, default=200, help="test examples per task for the report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
