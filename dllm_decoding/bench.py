@@ -1,6 +1,6 @@
 """``dllm-decode bench``: strategies x settings x tasks -> JSON, Markdown, PNG.
 
-    dllm-decode bench --out docs/benchmarks            # the full sweep behind docs/benchmarks.md
+    dllm-decode bench --out docs/benchmarks --report docs/benchmarks.md   # the page, regenerated
     dllm-decode bench --quick                          # < 2 minutes on 2 cores
     dllm-decode bench --overhead                       # framework vs a bare hand-written loop
 
@@ -50,6 +50,7 @@ SWEEPS: dict[str, list[Setting]] = {
         *_sweep("credit_decoding", "select.threshold", [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]),
         *_sweep("credit_decoding", "fuse.credit.alpha", [0.3, 1.5], **{"select.threshold": 0.9}),
         *_sweep("credit_decoding", "fuse.credit.beta", [0.5, 0.95], **{"select.threshold": 0.9}),
+        *_sweep("credit_decoding", "fuse.credit.gamma", [0.05, 1.0], **{"select.threshold": 0.9}),
         *_sweep("fast_dllm_factor", "select.factor", [0.5, 1.0, 2.0]),
         *_sweep("entropy_bounded", "select.gamma", [0.01, 0.1, 0.5]),
     ],
@@ -337,13 +338,16 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead", action="store_true", help="only measure framework vs bare-loop decode time")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and trace figures")
     p.add_argument("--out", default="bench-results", help="output directory (bench.json, bench.md, PNGs)")
+    p.add_argument("--report", metavar="PAGE.md",
+                   help="also measure the framework overhead and write the full benchmarks page "
+                        "(docs/benchmarks.md: verdicts on CreditDecoding's claims, tables, plots from --out)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.overhead:
         model, tokenizer = load_model(args.model)
-        results = {f"batch {b}": overhead(model, tokenizer, batch_size=b) for b in (1, 16)}
+        results = measure_overhead(model, tokenizer)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "overhead.json").write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
@@ -356,18 +360,152 @@ def run_bench(args: argparse.Namespace) -> int:
     start = time.time()
     try:
         payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size,
-                      meta={"model": args.model, "quick": args.quick})
+                      meta={"model": args.model, "quick": args.quick, "threads": torch.get_num_threads()})
     except KeyboardInterrupt:
         print(f"interrupted: finished results kept in {out_dir / 'bench.json'}")
         raise
-    payload["meta"]["seconds"] = round(time.time() - start, 1)
     payload["claims"] = claims(payload["results"])
     if not args.no_plots:
         payload["plots"] = make_plots(payload, model, tokenizer, out_dir,
                                       task="latin_square" if "latin_square" in tasks else tasks[0],
                                       n=min(n, 64))
+    if args.report:
+        payload["overhead"] = measure_overhead(model, tokenizer)
+    payload["meta"]["seconds"] = round(time.time() - start, 1)
     _write(out_dir, payload)
     (out_dir / "bench.md").write_text(markdown(payload))
+    if args.report:
+        write_report(payload, Path(args.report), out_dir)
+        print(f"wrote {args.report}")
     print(markdown(payload))
     print(json.dumps(payload["claims"], indent=2))
     return 0
+
+
+def measure_overhead(model: Any, tokenizer: Any) -> dict[str, Any]:
+    return {f"batch {b}": overhead(model, tokenizer, batch_size=b) for b in (1, 16, 64)}
+
+
+NOTES_START, NOTES_END = "<!-- notes: kept when the page is regenerated -->", "<!-- /notes -->"
+
+
+def write_report(payload: dict[str, Any], page: Path, image_dir: Path) -> None:
+    """Write the benchmarks page; a hand-written notes block already on the page (between the
+    notes markers) is carried over, so analysis survives regeneration."""
+    import os
+    import shlex
+    import sys
+
+    notes = ""
+    if page.is_file():
+        old = page.read_text()
+        if NOTES_START in old and NOTES_END in old:
+            notes = old[old.index(NOTES_START) + len(NOTES_START):old.index(NOTES_END)].strip()
+    payload = {**payload, "notes": f"{NOTES_START}\n{notes}\n{NOTES_END}" if notes else
+               f"{NOTES_START}\n{NOTES_END}"}
+    command = "dllm-decode bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "bench" else f"dllm-decode bench --out {image_dir} --report {page}"
+    relative = os.path.relpath(image_dir, page.parent)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(report(payload, command, relative))
+
+
+# --------------------------------------------------------------------------- the benchmarks page
+
+
+def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
+    """The whole ``docs/benchmarks.md`` page: method, verdicts on the claims, tables, plots.
+
+    ``image_dir`` is the PNG folder relative to the page."""
+    meta = payload["meta"]
+    summary = summarise(payload["results"])
+    found = payload.get("claims") or claims(payload["results"])
+    lines = ["# Benchmarks", "",
+             f"Regenerate this page (about {max(1, round(meta.get('seconds', 0) / 60))} minutes on 2 CPU cores):", "",
+             "```bash", command, "```", "",
+             f"Model: `{meta.get('model', 'reference')}`; test split; n = {meta['n']} examples per task; "
+             f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}."
+             + (" **Interrupted run: partial results.**" if payload.get("interrupted") else ""), "",
+             "Definitions: **NFE** = model forwards a sample cost; **TPF** = answer tokens (EOS fill "
+             "included) / NFE, averaged over samples; **AUP** = accuracy under parallelism (d3LLM): the "
+             "area under accuracy-vs-TPF of one strategy's settings, each point weighted by "
+             "`min(exp(-3 (1 - acc / best_acc)), 1)`, points more than 5 points below the strategy's "
+             "least parallel one dropped; tokens/s and latency are wall-clock of the batched decode "
+             "calls (batch 64) on this machine.", ""]
+    lines += ["## CreditDecoding's claims on the reference model", ""]
+    speed = found.get("speedup_vs_one_token_per_step")
+    if speed:
+        verdict = "holds" if speed["forward_reduction"] >= 4 and speed["accuracy_within_1_point"] else "does not hold"
+        lines += [f"- **Forwards vs one token per step** (target: >= 4x fewer at <= 1 point lower accuracy): "
+                  f"{verdict}. `{speed['credit']}` needs {speed['credit_nfe']:.2f} forwards per sample at "
+                  f"{100 * speed['credit_accuracy']:.1f}% against {speed['baseline_nfe']:.2f} at "
+                  f"{100 * speed['baseline_accuracy']:.1f}% for `{speed['baseline']}`: "
+                  f"**{speed['forward_reduction']:.2f}x fewer forwards** (mean over tasks)."]
+    matches = found.get("credit_vs_fast_dllm") or []
+    if matches:
+        lines += ["- **Credit vs plain threshold at equal accuracy** (Fast-dLLM's NFE interpolated "
+                  "linearly along its threshold sweep at each credit setting's accuracy):", "",
+                  "| credit setting | accuracy | credit NFE | Fast-dLLM NFE at that accuracy | credit saves |",
+                  "|---|---|---|---|---|"]
+        for m in matches:
+            interp = m["fast_dllm_nfe_interpolated"]
+            saves = f"{100 * (1 - m['credit_nfe'] / interp):+.1f}%" if interp else "outside Fast-dLLM's range"
+            lines.append(f"| `{m['credit']}` | {100 * m['accuracy']:.1f} | {m['credit_nfe']:.2f} | "
+                         f"{interp:.2f} | {saves} |" if interp else
+                         f"| `{m['credit']}` | {100 * m['accuracy']:.1f} | {m['credit_nfe']:.2f} | - | {saves} |")
+        lines.append("")
+    lines += ["## Mean over tasks", "", "| setting | accuracy | mean NFE | TPF |", "|---|---|---|---|"]
+    for s in sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"])):
+        lines.append(f"| `{s['label']}` | {100 * s['accuracy']:.1f} | {s['nfe_mean']:.2f} | {s['tpf']:.2f} |")
+    lines += ["", f"![accuracy vs TPF]({image_dir}/pareto.png)", ""]
+    lines += ["## Accuracy per task (%)", "",
+              "| setting | " + " | ".join(summary["tasks"]) + " |", "|---" * (len(summary["tasks"]) + 1) + "|"]
+    cell = {(r["label"], r["task"]): r for r in payload["results"]}
+    for s in sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"])):
+        vals = [cell.get((s["label"], t)) for t in summary["tasks"]]
+        lines.append(f"| `{s['label']}` | " + " | ".join(
+            f"{100 * v['accuracy']:.1f} ({v['nfe_mean']:.1f})" if v else "-" for v in vals) + " |")
+    lines += ["", "Cells: accuracy (mean NFE).", "",
+              "## AUP per strategy and task", "",
+              "| strategy | " + " | ".join(summary["tasks"]) + " | mean |", "|---" * (len(summary["tasks"]) + 2) + "|"]
+    for strategy, per_task in sorted(summary["aup"].items()):
+        vals = [per_task.get(t, float("nan")) for t in summary["tasks"]]
+        lines.append(f"| `{strategy}` | " + " | ".join(f"{v:.0f}" for v in vals) + f" | {statistics.mean(vals):.0f} |")
+    lines += ["", "## Speed and memory per task and setting", "",
+              "| task | setting | tokens/s | latency/sample (ms) | NFE p50 / p90 / max | peak RSS (MB) | logits per step (MB) |",
+              "|---|---|---|---|---|---|---|"]
+    for r in payload["results"]:
+        nfe = sorted(r["nfe"])
+        q = lambda f: nfe[min(len(nfe) - 1, int(f * len(nfe)))]  # noqa: E731
+        lines.append(f"| {r['task']} | `{r['label']}` | {r['tokens_per_second']:.0f} | "
+                     f"{1000 * r['latency_per_sample_s']:.2f} | {q(0.5)} / {q(0.9)} / {nfe[-1]} | "
+                     f"{r.get('peak_rss_mb', 0):.0f} | {r.get('logits_mb_per_step', 0):.2f} |")
+    if payload.get("plots", {}).get("nfe_histogram"):
+        lines += ["", f"![NFE histogram]({image_dir}/nfe_histogram.png)"]
+    analysis = payload.get("trace_analysis")
+    if analysis:
+        lines += ["", "## When is a token right, and when is it committed?", "",
+                  "From the trace recorder: for every answer token, the earliest step from which its "
+                  "argmax already equalled its final value (and stayed so), and the step it was "
+                  "committed. The gap is what credit accumulation tries to close.", "",
+                  "| decode | task | n | mean commit step | mean gap (steps) |", "|---|---|---|---|---|"]
+        for label, a in analysis.items():
+            lines.append(f"| {label} | {a['task']} | {a['n']} | {a['mean_commit_step']:.2f} | {a['mean_commit_gap']:.2f} |")
+        lines += ["", f"![commit gap]({image_dir}/commit_gap.png)", ""]
+        for key in sorted(payload.get("plots", {})):
+            if key.startswith("decode_"):
+                lines.append(f"![{key}]({image_dir}/{key}.png)")
+    over = payload.get("overhead")
+    if over:
+        lines += ["", "## Framework overhead", "",
+                  "`dd.generate` with `fast_dllm_threshold` against a bare hand-written loop doing the same "
+                  "forwards and the same rule (outputs checked identical first), interleaved, median of "
+                  "repeats, same process and model:", "",
+                  "| batch | forwards | framework (ms) | bare loop (ms) | overhead |", "|---|---|---|---|---|"]
+        for r in over.values():
+            lines.append(f"| {r['batch']} | {r['forwards']} | {r['framework_ms']:.1f} | {r['bare_ms']:.1f} | "
+                         f"{r['overhead_percent']:+.1f}% |")
+    notes = payload.get("notes")
+    if notes:
+        lines += ["", "## Notes", "", notes]
+    return "\n".join(lines).rstrip() + "\n"

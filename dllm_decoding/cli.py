@@ -273,22 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_demo)
 
-    try:
-        from dllm_decoding import evaluate
+    from dllm_decoding import bench, evaluate
 
-        p = sub.add_parser("eval", help="accuracy, NFE and speed of one strategy on one task")
-        evaluate.configure_eval_parser(p)
-        p.set_defaults(func=evaluate.run_eval)
-    except ImportError:
-        pass
-    try:
-        from dllm_decoding import bench
+    p = sub.add_parser("eval", help="accuracy, NFE and speed of one strategy on one task")
+    evaluate.configure_eval_parser(p)
+    p.set_defaults(func=evaluate.run_eval)
 
-        p = sub.add_parser("bench", help="sweep strategies x settings x tasks; JSON, Markdown, plots")
-        bench.configure_bench_parser(p)
-        p.set_defaults(func=bench.run_bench)
-    except ImportError:
-        pass
+    p = sub.add_parser("bench", help="sweep strategies x settings x tasks; JSON, Markdown, plots")
+    bench.configure_bench_parser(p)
+    p.set_defaults(func=bench.run_bench)
 
     p = sub.add_parser("train-reference", help="train the reference model (arguments go to the trainer; "
                                                "see dllm-decode train-reference --help)", add_help=False)

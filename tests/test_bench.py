@@ -118,3 +118,27 @@ def test_plots_write_pngs(tmp_path, toy):
              plots.plot_decode(out.trace, 0, tmp_path / "d.png", "t")]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_page_has_verdicts_tables_and_keeps_hand_written_notes(tmp_path):
+    results = []
+    for task in ("a", "b"):
+        results += [_fake_result(task, "llada_low_confidence(k=1)", "llada_low_confidence", 0.9, 10),
+                    _fake_result(task, "credit_decoding(threshold=0.9)", "credit_decoding", 0.9, 2),
+                    _fake_result(task, "fast_dllm_threshold(threshold=0.95)", "fast_dllm_threshold", 0.95, 4),
+                    _fake_result(task, "fast_dllm_threshold(threshold=0.5)", "fast_dllm_threshold", 0.6, 1.5)]
+    payload = {"meta": {"n": 1, "seconds": 60, "threads": 2}, "results": results,
+               "overhead": {"batch 1": {"batch": 1, "forwards": 5, "framework_ms": 10.5, "bare_ms": 10.0,
+                                        "overhead_percent": 5.0}}}
+    page = tmp_path / "docs" / "benchmarks.md"
+    bench.write_report(payload, page, tmp_path / "docs" / "benchmarks")
+    text = page.read_text()
+    assert "5.00x fewer forwards" in text and "holds" in text
+    # Fast-dLLM interpolated at 90%: 1.5 + (4 - 1.5) * (0.9 - 0.6) / (0.95 - 0.6) = 3.643
+    assert "| `credit_decoding(threshold=0.9)` | 90.0 | 2.00 | 3.64 | +45.1% |" in text
+    assert "| `credit_decoding(threshold=0.9)` | 90.0 (2.0) | 90.0 (2.0) |" in text
+    assert "| 1 | 5 | 10.5 | 10.0 | +5.0% |" in text and "](benchmarks/pareto.png)" in text
+    # hand-written analysis between the markers survives regeneration
+    page.write_text(text.replace(bench.NOTES_START, bench.NOTES_START + "\nOur analysis.\n"))
+    bench.write_report(payload, page, tmp_path / "docs" / "benchmarks")
+    assert "Our analysis." in page.read_text()
