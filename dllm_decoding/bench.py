@@ -413,6 +413,10 @@ def write_report(payload: dict[str, Any], page: Path, image_dir: Path) -> None:
 # --------------------------------------------------------------------------- the benchmarks page
 
 
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
     """The whole ``docs/benchmarks.md`` page: method, verdicts on the claims, tables, plots.
 
@@ -472,14 +476,16 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
         vals = [per_task.get(t, float("nan")) for t in summary["tasks"]]
         lines.append(f"| `{strategy}` | " + " | ".join(f"{v:.0f}" for v in vals) + f" | {statistics.mean(vals):.0f} |")
     lines += ["", "## Speed and memory per task and setting", "",
-              "| task | setting | tokens/s | latency/sample (ms) | NFE p50 / p90 / max | peak RSS (MB) | logits per step (MB) |",
+              "Decode peak: the resident-memory high-water mark during the evaluation minus the "
+              "resident size before it (" + str(payload["results"][0].get("memory_method", "?")) + ").", "",
+              "| task | setting | tokens/s | latency/sample (ms) | NFE p50 / p90 / max | decode peak (MB) | logits per step (MB) |",
               "|---|---|---|---|---|---|---|"]
     for r in payload["results"]:
         nfe = sorted(r["nfe"])
         q = lambda f: nfe[min(len(nfe) - 1, int(f * len(nfe)))]  # noqa: E731
         lines.append(f"| {r['task']} | `{r['label']}` | {r['tokens_per_second']:.0f} | "
                      f"{1000 * r['latency_per_sample_s']:.2f} | {q(0.5)} / {q(0.9)} / {nfe[-1]} | "
-                     f"{r.get('peak_rss_mb', 0):.0f} | {r.get('logits_mb_per_step', 0):.2f} |")
+                     f"{_mb(r.get('decode_peak_mb'))} | {r.get('logits_mb_per_step', 0):.2f} |")
     if payload.get("plots", {}).get("nfe_histogram"):
         lines += ["", f"![NFE histogram]({image_dir}/nfe_histogram.png)"]
     analysis = payload.get("trace_analysis")

@@ -103,7 +103,8 @@ class Pipeline:
         """Call one component, failing loudly if it modified any input in place (tensor
         version counters make the check free)."""
         state = kwargs["state"]
-        tensors = {**tensors, "state.canvas": state.canvas, "state.open": state.open}
+        tensors = {**tensors, "state.canvas": state.canvas, "state.open": state.open,
+                   "state.block_mask": state.block_mask}
         versions = {k: v._version for k, v in tensors.items()}
         result = self.call(hook, comp, caller, **kwargs)
         for k, v in tensors.items():

@@ -47,6 +47,7 @@ class DecodeState:
     finished_rows: torch.Tensor | None = None  # (B,) bool: rows done (EOS early stop)
     nfe: torch.Tensor | None = None  # (B,) long: forwards each row has cost
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    _block_mask: Any = field(default=None, repr=False, compare=False)
 
     def uniform(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """``(B, *shape)`` uniform draws in [0, 1), each row from its own seeded generator.
@@ -75,10 +76,15 @@ class DecodeState:
 
     @property
     def block_mask(self) -> torch.Tensor:
-        """(B, T) bool: positions of the current block (same columns for every row)."""
-        mask = torch.zeros_like(self.open)
-        mask[:, self.block_start : self.block_end] = True
-        return mask
+        """(B, T) bool: positions of the current block (same columns for every row). Built once
+        per block; treat it as read-only."""
+        key = (self.block_index, self.prompt_length, tuple(self.open.shape))
+        cached = self._block_mask
+        if cached is None or cached[0] != key:
+            mask = torch.zeros_like(self.open)
+            mask[:, self.block_start : self.block_end] = True
+            self._block_mask = cached = (key, mask)
+        return cached[1]
 
     @property
     def selectable(self) -> torch.Tensor:

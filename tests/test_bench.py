@@ -142,3 +142,16 @@ def test_report_page_has_verdicts_tables_and_keeps_hand_written_notes(tmp_path):
     page.write_text(text.replace(bench.NOTES_START, bench.NOTES_START + "\nOur analysis.\n"))
     bench.write_report(payload, page, tmp_path / "docs" / "benchmarks")
     assert "Our analysis." in page.read_text()
+
+
+def test_memory_watch_sees_a_decode_sized_allocation():
+    from dllm_decoding.evaluate import MemoryWatch
+
+    watch = MemoryWatch()
+    block = torch.ones(25_000_000)  # 95.4 MiB, touched
+    del block
+    got = watch.finish()
+    if got["memory_method"].startswith("VmHWM"):
+        assert 90 <= got["decode_peak_mb"] <= 200, got
+    else:  # the kernel refused the reset: said so, not faked
+        assert got["decode_peak_mb"] is None and got["peak_rss_mb"] > 0
