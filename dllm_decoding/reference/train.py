@@ -32,8 +32,8 @@ from .modeling import ReferenceConfig, ReferenceModelForMaskedLM
 from .tokenizer import build_tokenizer
 
 #: base share of optimiser steps per task (before the validation-loss re-weighting)
-BASE_MIX = {"copy": 0.5, "reverse": 0.7, "sort": 1.2, "insert": 1.0, "addition": 2.4,
-            "complement": 1.0, "latin_square": 3.0}
+BASE_MIX = {"copy": 1.0, "reverse": 1.0, "sort": 1.2, "insert": 1.0, "addition": 2.0,
+            "complement": 1.0, "latin_square": 2.0}
 #: decoding settings measured in the training report (all through dd.generate)
 EVAL_SETTINGS = {
     "one token per step": {"strategy": "llada_low_confidence"},
@@ -312,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training time budget: with --steps 0 the step count is set from the speed of the "
                         "first steps (evaluation afterwards takes ~1 more minute)")
     p.add_argument("--batch-tokens", type=int, default=2048, help="tokens (prompt + answer) per batch")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=6e-4,
+                   help="peak learning rate (2e-3 stalls the task mix: copy and reverse never leave "
+                        "a plateau at ~1.3 nats, while each alone is learnt in ~400 steps)")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
