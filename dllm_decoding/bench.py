@@ -413,6 +413,11 @@ def write_report(payload: dict[str, Any], page: Path, image_dir: Path) -> None:
 # --------------------------------------------------------------------------- the benchmarks page
 
 
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"about {minutes} minutes" if minutes > 1 else "about a minute"
+
+
 def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
@@ -425,7 +430,7 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
     summary = summarise(payload["results"])
     found = payload.get("claims") or claims(payload["results"])
     lines = ["# Benchmarks", "",
-             f"Regenerate this page (about {max(1, round(meta.get('seconds', 0) / 60))} minutes on 2 CPU cores):", "",
+             f"Regenerate this page ({_duration(meta.get('seconds', 0))} on 2 CPU cores):", "",
              "```bash", command, "```", "",
              f"Model: `{meta.get('model', 'reference')}`; test split; n = {meta['n']} examples per task; "
              f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}."
