@@ -319,7 +319,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             if bool(stalled.any()):  # progress guarantee: the most confident open position
                 best = proposal.confidence.masked_fill(~selectable, float("-inf")).argmax(dim=1)
                 commit = commit | (torch.nn.functional.one_hot(best, total).bool() & stalled[:, None])
-            if mask_id is not None and bool((proposal.tokens == mask_id)[commit].any()):
+            if mask_id is not None and bool((proposal.tokens.eq(mask_id) & commit).any()):
                 raise ModelError(f"the proposal commits the mask token (id {mask_id}) at step "
                                  f"{state.step}; the model puts its top probability on [MASK]. "
                                  f"Give the mask token's logit -inf in the model")

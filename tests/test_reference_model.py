@@ -174,6 +174,27 @@ def test_shipped_accuracy_one_token_per_step(reference, task_name):
     assert out.nfe.tolist() == [task.gen_length] * len(examples)
 
 
+def _accuracy(model, tokenizer, task, examples, strategy, **overrides):
+    prompt, mask = encode_batch(tokenizer, examples, task)
+    out = dd.generate(model, prompt, strategy, attention_mask=mask, gen_length=task.gen_length,
+                      block_length=task.gen_length, overrides=overrides)
+    return sum(task.check(decode_answer(tokenizer, a), e) for a, e in zip(out.answers, examples)) / len(examples)
+
+
+@pytest.mark.parametrize("task_name", ["complement", "latin_square"])
+def test_aggressive_parallel_decoding_costs_accuracy_where_tokens_depend_on_each_other(reference, task_name):
+    """The reference model tells strategies apart: on tasks whose answer tokens constrain each
+    other, committing 8 tokens per step or everything above 0.5 loses at least 10 points."""
+    model, tokenizer = reference
+    task = TASKS[task_name]
+    examples = task.examples("test", 48, seed=11)
+    careful = _accuracy(model, tokenizer, task, examples, "llada_low_confidence")
+    for strategy, overrides in (("llada_low_confidence", {"select.k": 8}),
+                                ("fast_dllm_threshold", {"select.threshold": 0.5})):
+        hasty = _accuracy(model, tokenizer, task, examples, strategy, **overrides)
+        assert careful - hasty >= 0.10, f"{task_name} {strategy} {overrides}: {careful:.2f} vs {hasty:.2f}"
+
+
 # --------------------------------------------------------------------------- training entry point
 
 
