@@ -239,6 +239,12 @@ def test_tiny_training_run_writes_a_loadable_checkpoint_and_is_seeded(tmp_path):
     assert (tmp_path / "a" / "loss_curve.png").stat().st_size > 0
     model, _ = load_reference_model(tmp_path / "a")
     assert model.config.hidden_size == 16
+    # a continuation run starts from those weights, with its own mix override
+    assert train.main(args[:1] + ["2"] + args[2:] + ["--init-from", str(tmp_path / "a"), "--mix", "insert=3",
+                                                     "--out", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "training_report.json").read_text())
+    assert report["init_from"] == str(tmp_path / "a") and report["base_mix"]["insert"] == 3.0
+    assert report["config"]["hidden_size"] == 16
 
 
 def test_training_help_and_bad_threads():
@@ -249,6 +255,10 @@ def test_training_help_and_bad_threads():
         assert flag in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--threads", "many"])
+    assert build_parser().parse_args(["--mix", "insert=2"]).mix == [("insert", 2.0)]
+    for bad in ("inserts=2", "insert=0", "insert=two", "insert"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--mix", bad])
 
 
 # --------------------------------------------------------------------------- clear errors

@@ -162,12 +162,18 @@ def train(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, args)
+    if args.init_from:
+        # continue from a saved checkpoint (weights only; optimiser and schedule start afresh)
+        from . import load_reference_model
+
+        model, _ = load_reference_model(args.init_from)
+    else:
+        model = build_model(tokenizer, args)
     model.train()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     batch_sizes = _batch_sizes(tokenizer, args.batch_tokens)
     validation = Validation(tokenizer, args.val_n)
-    base = dict(BASE_MIX)
+    base = {**BASE_MIX, **args.mix}
     weights = dict(base)
     names = list(TASKS)
 
@@ -245,6 +251,7 @@ def train(args: argparse.Namespace) -> dict:
     config = model.config
     report = {
         "command": "python -m dllm_decoding.reference.train " + " ".join(args.argv),
+        "init_from": str(args.init_from) if args.init_from else None,
         "seed": args.seed, "steps": step, "threads": args.threads,
         "train_seconds": round(wall, 1), "seconds_per_step": round(wall / max(1, step), 4),
         "eval_seconds": round(time.time() - t_eval, 1),
@@ -294,6 +301,19 @@ def _plot(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _mix_entry(value: str) -> tuple[str, float]:
+    name, sep, weight = value.partition("=")
+    if not sep or name not in TASKS:
+        raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT with TASK one of {', '.join(TASKS)}, got {value!r}")
+    try:
+        number = float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: weight must be a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: weight must be > 0")
+    return name, number
+
+
 def _threads(value: str) -> str:
     if value != "auto" and not (value.isdigit() and int(value) >= 1):
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
@@ -324,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default="1", type=_threads,
                    help="torch threads, or 'auto': 2 while no other process is busy, else 1 (re-checked "
                         "at every validation pass; results then match a fixed-thread run only up to float noise)")
+    p.add_argument("--init-from", metavar="DIR", help="start from this checkpoint's weights (a continuation run)")
+    p.add_argument("--mix", type=_mix_entry, action="append", default=[], metavar="TASK=WEIGHT",
+                   help="override a task's base share, e.g. insert=3 (repeatable)")
     p.add_argument("--fixed-mix", action="store_true", help="keep the base task mix (no re-weighting)")
     p.add_argument("--mix-floor", type=float, default=0.05,
                    help="re-weighted share = base * (validation loss + floor)")
@@ -341,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    args.mix = dict(args.mix)
     report = train(args)
     acc = report["test_accuracy"]
     print(json.dumps({k: acc[k] for k in EVAL_SETTINGS}, indent=2))
