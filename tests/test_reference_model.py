@@ -157,7 +157,7 @@ def test_padding_does_not_change_decodes(reference):
 # --------------------------------------------------------------------------- accuracy
 
 
-BELOW_TARGET = {"insert": "30% one token per step after 17,000 steps: below issue 4's 95% target (needs a longer run)"}
+BELOW_TARGET: dict[str, str] = {}  # task -> why it is below the 95% target (strict xfail)
 
 
 @pytest.mark.parametrize("task_name", [
