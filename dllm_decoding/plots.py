@@ -60,14 +60,7 @@ def plot_nfe_histogram(nfe_by_label: dict[str, list[int]], path: Path, title: st
     bins = range(0, top + 2)
     for label, values in nfe_by_label.items():
         ax.hist(values, bins=bins, alpha=0.5, label=label)
-    ax.set_xlabel("forwards per sample (NFE)")
-    ax.set_ylabel("samples")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, "forwards per sample (NFE)", "samples", title)
 
 
 def plot_commit_gap(gaps_by_label: dict[str, torch.Tensor], path: Path, title: str) -> Path:
@@ -78,8 +71,13 @@ def plot_commit_gap(gaps_by_label: dict[str, torch.Tensor], path: Path, title: s
     for label, gaps in gaps_by_label.items():
         ax.hist(gaps.flatten().tolist(), bins=range(0, top + 2), alpha=0.5,
                 label=f"{label} (mean {gaps.double().mean():.2f})")
-    ax.set_xlabel("steps between 'already right' and 'committed'")
-    ax.set_ylabel("tokens")
+    return _finish(plt, fig, ax, path, "steps between 'already right' and 'committed'", "tokens", title)
+
+
+def _finish(plt: Any, fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label a histogram, write it as PNG and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
