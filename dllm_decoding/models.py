@@ -7,6 +7,7 @@ logits aligned so that ``logits[:, i]`` predicts token ``i``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -130,11 +131,17 @@ class HFMaskedDiffusionModel(Denoiser):
         self.vocab_size = vocab_size
         self.shift_logits = shift_logits
         self.name = getattr(config, "name_or_path", None) or type(model).__name__
-        params = inspect.signature(model.forward).parameters
-        self.takes_attention_mask = "attention_mask" in params
+        self.takes_attention_mask = _takes_attention_mask(type(model))
 
     def start_session(self, attention_mask):
         return _HFSession(self, attention_mask)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_attention_mask(model_class: type) -> bool:
+    """Whether ``model_class.forward`` accepts ``attention_mask`` (inspect.signature is slow:
+    asked once per class, not per generate call)."""
+    return "attention_mask" in inspect.signature(model_class.forward).parameters
 
 
 def as_denoiser(model: Any) -> Denoiser:
