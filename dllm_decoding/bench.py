@@ -213,19 +213,32 @@ def _nfe_at_accuracy(points: list[dict], accuracy: float) -> float | None:
     return None
 
 
+def _by_strategy_then_cost(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"]))
+
+
+def _mean_table(summary: dict[str, Any]) -> list[str]:
+    lines = ["| setting | accuracy | mean NFE | TPF |", "|---|---|---|---|"]
+    for s in _by_strategy_then_cost(summary):
+        lines.append(f"| `{s['label']}` | {100 * s['accuracy']:.1f} | {s['nfe_mean']:.2f} | {s['tpf']:.2f} |")
+    return lines
+
+
+def _aup_table(summary: dict[str, Any]) -> list[str]:
+    lines = ["| strategy | " + " | ".join(summary["tasks"]) + " | mean |", "|---" * (len(summary["tasks"]) + 2) + "|"]
+    for strategy, per_task in sorted(summary["aup"].items()):
+        vals = [per_task.get(t, float("nan")) for t in summary["tasks"]]
+        lines.append(f"| `{strategy}` | " + " | ".join(f"{v:.0f}" for v in vals) + f" | {statistics.mean(vals):.0f} |")
+    return lines
+
+
 def markdown(payload: dict[str, Any]) -> str:
     results = payload["results"]
     summary = summarise(results)
     lines = [f"Reference model, test split, n = {payload['meta']['n']} per task"
              + (" (INTERRUPTED: partial)" if payload.get("interrupted") else ""), "",
-             "### Mean over tasks", "", "| setting | accuracy | mean NFE | TPF |", "|---|---|---|---|"]
-    for s in sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"])):
-        lines.append(f"| `{s['label']}` | {100 * s['accuracy']:.1f} | {s['nfe_mean']:.2f} | {s['tpf']:.2f} |")
-    lines += ["", "### AUP per strategy (d3LLM definition, alpha = 3)", "",
-              "| strategy | " + " | ".join(summary["tasks"]) + " | mean |", "|---" * (len(summary["tasks"]) + 2) + "|"]
-    for strategy, per_task in sorted(summary["aup"].items()):
-        vals = [per_task.get(t, float("nan")) for t in summary["tasks"]]
-        lines.append(f"| `{strategy}` | " + " | ".join(f"{v:.0f}" for v in vals) + f" | {statistics.mean(vals):.0f} |")
+             "### Mean over tasks", "", *_mean_table(summary),
+             "", "### AUP per strategy (d3LLM definition, alpha = 3)", "", *_aup_table(summary)]
     lines += ["", "### Per task", "", "| task | setting | accuracy | mean NFE | TPF | tokens/s | latency/sample (ms) |",
               "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -462,23 +475,17 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
                          f"{interp:.2f} | {saves} |" if interp else
                          f"| `{m['credit']}` | {100 * m['accuracy']:.1f} | {m['credit_nfe']:.2f} | - | {saves} |")
         lines.append("")
-    lines += ["## Mean over tasks", "", "| setting | accuracy | mean NFE | TPF |", "|---|---|---|---|"]
-    for s in sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"])):
-        lines.append(f"| `{s['label']}` | {100 * s['accuracy']:.1f} | {s['nfe_mean']:.2f} | {s['tpf']:.2f} |")
+    lines += ["## Mean over tasks", "", *_mean_table(summary)]
     lines += ["", f"![accuracy vs TPF]({image_dir}/pareto.png)", ""]
     lines += ["## Accuracy per task (%)", "",
               "| setting | " + " | ".join(summary["tasks"]) + " |", "|---" * (len(summary["tasks"]) + 1) + "|"]
     cell = {(r["label"], r["task"]): r for r in payload["results"]}
-    for s in sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"])):
+    for s in _by_strategy_then_cost(summary):
         vals = [cell.get((s["label"], t)) for t in summary["tasks"]]
         lines.append(f"| `{s['label']}` | " + " | ".join(
             f"{100 * v['accuracy']:.1f} ({v['nfe_mean']:.1f})" if v else "-" for v in vals) + " |")
     lines += ["", "Cells: accuracy (mean NFE).", "",
-              "## AUP per strategy and task", "",
-              "| strategy | " + " | ".join(summary["tasks"]) + " | mean |", "|---" * (len(summary["tasks"]) + 2) + "|"]
-    for strategy, per_task in sorted(summary["aup"].items()):
-        vals = [per_task.get(t, float("nan")) for t in summary["tasks"]]
-        lines.append(f"| `{strategy}` | " + " | ".join(f"{v:.0f}" for v in vals) + f" | {statistics.mean(vals):.0f} |")
+              "## AUP per strategy and task", "", *_aup_table(summary)]
     lines += ["", "## Speed and memory per task and setting", "",
               "Decode peak: the resident-memory high-water mark during the evaluation minus the "
               "resident size before it (" + str(payload["results"][0].get("memory_method", "?")) + ").", "",
