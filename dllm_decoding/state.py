@@ -78,12 +78,11 @@ class DecodeState:
     def block_mask(self) -> torch.Tensor:
         """(B, T) bool: positions of the current block (same columns for every row). Built once
         per block; treat it as read-only."""
-        key = (self.block_index, self.prompt_length, tuple(self.open.shape))
-        cached = self._block_mask
-        if cached is None or cached[0] != key:
+        cached = self._block_mask  # (block_index, mask); shape and prompt length are fixed per decode
+        if cached is None or cached[0] != self.block_index:
             mask = torch.zeros_like(self.open)
             mask[:, self.block_start : self.block_end] = True
-            self._block_mask = cached = (key, mask)
+            self._block_mask = cached = (self.block_index, mask)
         return cached[1]
 
     @property

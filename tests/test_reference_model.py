@@ -228,7 +228,7 @@ def test_tiny_training_run_writes_a_loadable_checkpoint_and_is_seeded(tmp_path):
     from dllm_decoding.reference import train
 
     args = ["--steps", "6", "--hidden", "16", "--layers", "1", "--heads", "2", "--ff", "32", "--batch-tokens", "256",
-            "--eval-every", "3", "--val-n", "4", "--eval-n", "2", "--quiet", "--seed", "3"]
+            "--eval-every", "3", "--save-every", "4", "--val-n", "4", "--eval-n", "2", "--quiet", "--seed", "3"]
     curves = []
     for run in ("a", "b"):
         assert train.main(args + ["--out", str(tmp_path / run)]) == 0
@@ -237,6 +237,8 @@ def test_tiny_training_run_writes_a_loadable_checkpoint_and_is_seeded(tmp_path):
     assert curves[0] == curves[1] and len(curves[0]) == 2
     assert report["steps"] == 6 and report["seed"] == 3 and "one token per step" in report["test_accuracy"]
     assert (tmp_path / "a" / "loss_curve.png").stat().st_size > 0
+    # --save-every counts optimiser steps, whatever the validation interval (4 is not a multiple of 3)
+    assert (tmp_path / "a" / "latest" / "model.safetensors").is_file()
     model, _ = load_reference_model(tmp_path / "a")
     assert model.config.hidden_size == 16
     # a continuation run starts from those weights, with its own mix override

@@ -237,10 +237,10 @@ def train(args: argparse.Namespace) -> dict:
                 f.write(json.dumps(curve[-1]) + "\n")
             bar.set_postfix(train=f"{curve[-1]['train_loss']:.3f}", val=f"{mean_val:.3f}")
             window = []
-            if args.save_every and step % args.save_every == 0:
-                # an interrupted run still leaves a usable checkpoint (``latest/``)
-                model.save_pretrained(out / "latest")
-                tokenizer.save_pretrained(out / "latest")
+        if args.save_every and step % args.save_every == 0:
+            # an interrupted run still leaves a usable checkpoint (``latest/``)
+            model.save_pretrained(out / "latest")
+            tokenizer.save_pretrained(out / "latest")
     bar.close()
     wall = time.time() - start
     model.eval()
