@@ -48,6 +48,7 @@ class DecodeState:
     nfe: torch.Tensor | None = None  # (B,) long: forwards each row has cost
     plugin_state: dict[str, Any] = field(default_factory=dict)
     _block_mask: Any = field(default=None, repr=False, compare=False)
+    _selectable: Any = field(default=None, repr=False, compare=False)
 
     def uniform(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """``(B, *shape)`` uniform draws in [0, 1), each row from its own seeded generator.
@@ -87,8 +88,15 @@ class DecodeState:
 
     @property
     def selectable(self) -> torch.Tensor:
-        """(B, T) bool: open positions of the current block in active rows."""
-        return self.open & self.block_mask & self.active_rows[:, None]
+        """(B, T) bool: open positions of the current block in active rows. Computed once per
+        step (the core replaces ``open`` and ``active_rows`` with new tensors, never edits them in
+        place, so their identity keys the cache); treat it as read-only."""
+        cached = self._selectable
+        if (cached is None or cached[0] is not self.open or cached[1] is not self.active_rows
+                or cached[2] != self.block_index):
+            value = self.open & self.block_mask & self.active_rows[:, None]
+            self._selectable = cached = (self.open, self.active_rows, self.block_index, value)
+        return cached[3]
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,30 @@ NEG_INF = float("-inf")
 
 def masked_confidence(state, proposal) -> torch.Tensor:
     """Confidence with every non-selectable position at -inf."""
-    return proposal.confidence.masked_fill(~state.selectable, NEG_INF)
+    return torch.where(state.selectable, proposal.confidence, NEG_INF)
 
 
-def top_k_mask(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Bool ``(B, T)``: the ``k[b]`` most confident finite positions of each row (torch.topk
-    order, as LLaDA and Fast-dLLM rank)."""
-    k_max = int(k.max()) if k.numel() else 0
-    if k_max == 0:
-        return torch.zeros_like(confidence, dtype=torch.bool)
-    values, index = confidence.topk(k_max, dim=1)
-    keep = (torch.arange(k_max)[None, :] < k[:, None]) & (values > NEG_INF)
-    return torch.zeros_like(confidence, dtype=torch.bool).scatter(1, index, keep)
+def top_k_mask(confidence: torch.Tensor, k: int | torch.Tensor, start: int = 0,
+               end: int | None = None) -> torch.Tensor:
+    """Bool ``(B, T)``: the ``k`` (an int, or ``k[b]`` per row) most confident finite positions
+    of each row among columns ``[start, end)`` (torch.topk's ranking, as LLaDA and Fast-dLLM).
+
+    Ranking only the block's columns keeps exact ties resolving the same way whatever the
+    prompt length, so a row decodes the same alone as in a left-padded batch."""
+    block = confidence[:, start:end]
+    if isinstance(k, int):
+        k = min(k, block.shape[1])
+        if k == 0:
+            return torch.zeros_like(confidence, dtype=torch.bool)
+        values, index = block.topk(k, dim=1)
+        keep = values > NEG_INF
+    else:
+        k_max = int(k.max()) if k.numel() else 0
+        if k_max == 0:
+            return torch.zeros_like(confidence, dtype=torch.bool)
+        values, index = block.topk(k_max, dim=1)
+        keep = (torch.arange(k_max)[None, :] < k[:, None]) & (values > NEG_INF)
+    return torch.zeros_like(confidence, dtype=torch.bool).scatter(1, index + start if start else index, keep)
 
 
 class TopKOptions(BaseModel):
@@ -54,16 +66,22 @@ class TopK(Component):
             steps = state.steps_per_block
             step_index = torch.arange(steps)[None, :]
             schedule = masked[:, None] // steps + (step_index < (masked % steps)[:, None]).long()
+            # rows usually share one schedule: then k is a plain int per step (no per-row k)
+            if bool((schedule == schedule[:1]).all()):
+                schedule = schedule[0].tolist()
             state.plugin_state[self.state_key] = schedule
 
     @hookimpl
     def select(self, state, proposal):
         if self.options.k is not None:
-            k = torch.full((state.batch_size,), self.options.k, dtype=torch.long)
+            k = self.options.k
         else:
             schedule = state.plugin_state[self.state_key]
-            k = schedule[:, min(state.block_step, schedule.shape[1] - 1)]
-        return top_k_mask(masked_confidence(state, proposal), k)
+            if isinstance(schedule, list):
+                k = schedule[min(state.block_step, len(schedule) - 1)]
+            else:
+                k = schedule[:, min(state.block_step, schedule.shape[1] - 1)]
+        return top_k_mask(masked_confidence(state, proposal), k, state.block_start, state.block_end)
 
 
 class ThresholdOptions(BaseModel):
@@ -89,7 +107,7 @@ class Threshold(Component):
         confidence = masked_confidence(state, proposal)
         above = confidence >= self.options.threshold
         if self.options.near_max is None:
-            return above | top_k_mask(confidence, torch.ones(state.batch_size, dtype=torch.long))
+            return above | top_k_mask(confidence, 1, state.block_start, state.block_end)
         best = confidence.amax(dim=1, keepdim=True)
         return above | (confidence >= best - self.options.near_max)
 
@@ -120,7 +138,7 @@ class Factor(Component):
         below = (ordered < thresholds) | (rank > n_open[:, None])
         count = torch.where(below.any(dim=1), below.long().argmax(dim=1), n_open)
         count = torch.where(count == n_open - 1, n_open, count)
-        return top_k_mask(confidence, count)
+        return top_k_mask(confidence, count, state.block_start, state.block_end)
 
 
 class EntropyBoundOptions(BaseModel):

@@ -92,7 +92,7 @@ def _logits_fn(transform):
     (lambda l: torch.full_like(l, float("-inf")), "all -inf"),
     (lambda l: l.long(), "returned torch.int64 logits"),
     (lambda l: "nonsense", "returned str"),
-    (lambda l: torch.where(torch.arange(8) == 7, 5.0, l), "commits the mask token (id 7)"),
+    (lambda l: torch.where(torch.arange(8) == 7, 5.0, l), "committed the mask token (id 7)"),
 ])
 def test_misbehaving_model_is_a_model_error(transform, message):
     model = dd.as_model(_logits_fn(transform), mask_id=7, vocab_size=8)

@@ -193,3 +193,22 @@ def test_temperature_sampling_is_seeded():
     greedy = dd.generate(model, prompt, "fast_dllm_threshold", gen_length=8)
     assert torch.equal(a.sequences, b.sequences)
     assert not torch.equal(a.sequences, c.sequences) or not torch.equal(a.sequences, greedy.sequences)
+
+
+@pytest.mark.parametrize("strategy", ["llada_low_confidence", "fast_dllm_threshold", "fast_dllm_factor"])
+def test_exact_ties_resolve_alike_alone_and_in_a_padded_batch(strategy):
+    # every position gets the same distribution: all confidences tie exactly, every step
+    def uniform_peak(ids):
+        logits = torch.zeros(*ids.shape, V)
+        logits[..., 2] = 3.0
+        logits[..., MASK] = float("-inf")
+        return logits
+
+    model = dd.as_model(uniform_peak, mask_id=MASK, vocab_size=V)
+    kw = dict(gen_length=8, block_length=4, steps=8, trace=True)
+    batched = dd.generate(model, torch.tensor([[0, 0, 1], [0, 0, 1]]), strategy,
+                          attention_mask=torch.tensor([[1, 1, 1], [0, 0, 1]]), **kw)
+    alone = dd.generate(model, torch.tensor([[1]]), strategy, **kw)
+    order = alone.trace.commit_step()[0]
+    assert torch.equal(batched.trace.commit_step()[1], order)
+    assert torch.equal(batched.trace.commit_step()[0], order)  # the prompt length does not matter either
