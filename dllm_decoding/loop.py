@@ -359,7 +359,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                 best = proposal.confidence.masked_fill(~selectable, float("-inf")).argmax(dim=1)
                 commit = commit | (torch.nn.functional.one_hot(best, total).bool() & stalled[:, None])
             state.canvas = torch.where(commit, proposal.tokens, state.canvas)
-            state.open = state.open & ~commit
+            state.open = state.open ^ commit  # commit is a subset of open: this closes it
             reopen = None
             if pipeline.has("remask") and state.block_step + 1 < remask_budget:
                 comp, chosen = pipeline.first("remask", state=state, proposal=proposal, commit=commit)

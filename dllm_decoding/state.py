@@ -88,15 +88,15 @@ class DecodeState:
 
     @property
     def selectable(self) -> torch.Tensor:
-        """(B, T) bool: open positions of the current block in active rows. Computed once per
-        step (the core replaces ``open`` and ``active_rows`` with new tensors, never edits them in
-        place, so their identity keys the cache); treat it as read-only."""
+        """(B, T) bool: open positions of the current block in active rows. (A row is active
+        exactly when it has open positions in the block, so this is ``open & block_mask``.)
+        Computed once per step: the core replaces ``open`` with a new tensor, never edits it in
+        place, so its identity keys the cache; treat the result as read-only."""
         cached = self._selectable
-        if (cached is None or cached[0] is not self.open or cached[1] is not self.active_rows
-                or cached[2] != self.block_index):
-            value = self.open & self.block_mask & self.active_rows[:, None]
-            self._selectable = cached = (self.open, self.active_rows, self.block_index, value)
-        return cached[3]
+        if cached is None or cached[0] is not self.open or cached[1] != self.block_index:
+            value = self.open & self.block_mask
+            self._selectable = cached = (self.open, self.block_index, value)
+        return cached[2]
 
 
 @dataclass(frozen=True)

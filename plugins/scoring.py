@@ -40,8 +40,9 @@ class Confidence(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        probs = torch.softmax(logits.to(_DTYPES[self.options.precision]), dim=-1)
-        confidence = probs.gather(-1, tokens[..., None]).squeeze(-1)
+        dtype = _DTYPES[self.options.precision]
+        probs = torch.softmax(logits if logits.dtype == dtype else logits.to(dtype), dim=-1)
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         return Proposal(tokens=tokens, confidence=confidence, logits=logits)
 
 
