@@ -130,8 +130,9 @@ def test_report_page_has_verdicts_tables_and_keeps_hand_written_notes(tmp_path):
     payload = {"meta": {"n": 1, "seconds": 60, "threads": 2}, "results": results,
                "overhead": {"batch 1": {"batch": 1, "forwards": 5, "framework_ms": 10.5, "bare_ms": 10.0,
                                         "overhead_percent": 5.0, "overhead_percent_iqr": [3.0, 7.5],
-                                        "repeats": 31, "forward_ms": 1.9,
-                                        "outside_forward_us_per_step": {"framework": 200.0, "bare": 100.0}}}}
+                                        "repeats": 31, "forward_ms": {"framework": 1.9, "bare": 1.9},
+                                        "outside_forward_us_per_step": {"framework": 200.0, "bare": 100.0},
+                                        "outside_forward_overhead_percent": 4.0}}}
     page = tmp_path / "docs" / "benchmarks.md"
     bench.write_report(payload, page, tmp_path / "docs" / "benchmarks")
     text = page.read_text()
@@ -139,7 +140,7 @@ def test_report_page_has_verdicts_tables_and_keeps_hand_written_notes(tmp_path):
     # Fast-dLLM interpolated at 90%: 1.5 + (4 - 1.5) * (0.9 - 0.6) / (0.95 - 0.6) = 3.643
     assert "| `credit_decoding(threshold=0.9)` | 90.0 | 2.00 | 3.64 | +45.1% |" in text
     assert "| `credit_decoding(threshold=0.9)` | 90.0 (2.0) | 90.0 (2.0) |" in text
-    assert "| 1 | 31 | 1.90 | 10.5 | 10.0 | +5.0% [+3.0, +7.5] | 200 / 100 |" in text and "](benchmarks/pareto.png)" in text
+    assert "| 1 | 31 | 1.90 / 1.90 | 10.5 | 10.0 | +5.0% [+3.0, +7.5] | 200 / 100 | +4.0% |" in text and "](benchmarks/pareto.png)" in text
     # hand-written analysis between the markers survives regeneration
     page.write_text(text.replace(bench.NOTES_START, bench.NOTES_START + "\nOur analysis.\n"))
     bench.write_report(payload, page, tmp_path / "docs" / "benchmarks")
@@ -171,4 +172,5 @@ def test_overhead_bench_pairs_identical_decodes_and_splits_out_the_forwards():
     outside = result["outside_forward_us_per_step"]
     assert outside["framework"] > 0 and outside["bare"] > 0
     # the forwards' own time is most of a decode, on both sides
-    assert 0 < result["forward_ms"] * result["forwards"] < result["bare_ms"]
+    assert 0 < result["forward_ms"]["bare"] * result["forwards"] < result["bare_ms"]
+    assert 0 < result["forward_ms"]["framework"] * result["forwards"] < result["framework_ms"]
