@@ -10,6 +10,7 @@ work on any saved checkpoint, offline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,20 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+@contextlib.contextmanager
+def _no_progress_bar():
+    """transformers' progress bars off for the block, restored after (the switch is global)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_reference_model(path: str | Path | None = None):
     """``(model, tokenizer)`` from ``path`` (default: the shipped checkpoint), model in eval mode,
     never touching the network. Every failure is one :class:`~dllm_decoding.ModelError` naming
@@ -56,8 +71,9 @@ def load_reference_model(path: str | Path | None = None):
                          "it is not a dllm-decoding reference checkpoint")
     weights = where / "model.safetensors"
     try:
-        model, info = ReferenceModelForMaskedLM.from_pretrained(where, local_files_only=True,
-                                                                output_loading_info=True)
+        with _no_progress_bar():  # a 7 MB local load: a bar is only noise on the CLI's stderr
+            model, info = ReferenceModelForMaskedLM.from_pretrained(where, local_files_only=True,
+                                                                    output_loading_info=True)
     except Exception as exc:  # safetensors header / shape errors: name the file and the cause
         raise ModelError(f"cannot load the weights in {str(weights)!r}: {_first_line(exc)}") from None
     problems = [f"{kind.replace('_', ' ')}: {', '.join(sorted(map(str, keys))[:4])}"
