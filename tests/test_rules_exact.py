@@ -212,3 +212,15 @@ def test_exact_ties_resolve_alike_alone_and_in_a_padded_batch(strategy):
     order = alone.trace.commit_step()[0]
     assert torch.equal(batched.trace.commit_step()[1], order)
     assert torch.equal(batched.trace.commit_step()[0], order)  # the prompt length does not matter either
+
+
+def test_tracing_off_builds_no_step_records(monkeypatch):
+    from dllm_decoding import loop
+
+    built = []
+    real = loop.StepRecord
+    monkeypatch.setattr(loop, "StepRecord", lambda **kw: built.append(1) or real(**kw))
+    out, _ = decode("fast_dllm_threshold")
+    dd.generate(ScriptedModel(ANSWER, vocab_size=V, mask_id=MASK, confidence=CONF), PROMPT,
+                "fast_dllm_threshold", gen_length=4)
+    assert len(built) == int(out.nfe[0])  # only the traced decode built one record per step
