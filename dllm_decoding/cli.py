@@ -231,7 +231,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from dllm_decoding.reference import train
 
-    return train.main(args.train_args) or 0
+    return train.main(args.train_args, prog="dllm-decode train-reference") or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,7 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from dllm_decoding.errors import DecodingError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-reference"]:
+        # the trainer parses its own arguments; argparse's REMAINDER would reject a leading --option
+        args = argparse.Namespace(command="train-reference", func=_cmd_train, train_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DecodingError as exc:

@@ -66,3 +66,16 @@ def test_strategy_reference_doc_is_current(monkeypatch):
     expected = cli.strategy_reference(registry)
     assert (ROOT / "docs" / "strategies.md").read_text() == expected + "\n", \
         "docs/strategies.md is stale: DLLM_DECODING_DISABLE_PLUGIN_AUTOLOAD=1 dllm-decode strategies --markdown > docs/strategies.md"
+
+
+def test_train_reference_passes_every_argument_to_the_trainer(capsys, monkeypatch):
+    from dllm_decoding.reference import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train-reference", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: dllm-decode train-reference" in capsys.readouterr().out
+    seen = []
+    monkeypatch.setattr(train, "main", lambda argv, prog=None: seen.append((argv, prog)) or 0)
+    assert cli.main(["train-reference", "--steps", "5", "--out", "runs/x"]) == 0
+    assert seen == [(["--steps", "5", "--out", "runs/x"], "dllm-decode train-reference")]

@@ -320,8 +320,8 @@ def _threads(value: str) -> str:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dllm_decoding.reference.train",
+def build_parser(prog: str = "python -m dllm_decoding.reference.train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Train the reference masked-diffusion model on the task suite "
                                             "(LLaDA objective) and write a checkpoint, training_report.json "
                                             "and loss_curve.png.")
@@ -360,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     args.argv = argv
     args.mix = dict(args.mix)
     report = train(args)
