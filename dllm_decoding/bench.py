@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -235,7 +236,9 @@ def _aup_table(summary: dict[str, Any]) -> list[str]:
 def markdown(payload: dict[str, Any]) -> str:
     results = payload["results"]
     summary = summarise(results)
-    lines = [f"Reference model, test split, n = {payload['meta']['n']} per task"
+    meta = payload["meta"]
+    lines = [f"Model `{meta.get('model', 'reference')}`, test split, n = {meta['n']} per task"
+             + (f", logits divided by {meta['logit_temperature']:g}" if meta.get("logit_temperature") else "")
              + (" (INTERRUPTED: partial)" if payload.get("interrupted") else ""), "",
              "### Mean over tasks", "", *_mean_table(summary),
              "", "### AUP per strategy (d3LLM definition, alpha = 3)", "", *_aup_table(summary)]
@@ -303,6 +306,21 @@ def bare_low_confidence_loop(model: Any, prompt: torch.Tensor, attention_mask: t
         x = x.clone()
         x[rows, best] = x0[rows, best]
     return x, gen_length
+
+
+class TemperedLogits(torch.nn.Module):
+    """The wrapped model with its logits divided by ``tau``: the same argmax everywhere, every
+    distribution flatter (``tau > 1``) or sharper (``tau < 1``). ``bench --logit-temperature``
+    uses it to ask how a rule behaves on an under-confident model."""
+
+    def __init__(self, model: Any, tau: float) -> None:
+        super().__init__()
+        self.inner, self.config, self.tau = model, model.config, tau
+        self.eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+        return SimpleNamespace(logits=out.logits / self.tau)
 
 
 class _ForwardClock(torch.nn.Module):
@@ -392,6 +410,9 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="*", help=f"tasks (default: all; --quick: {' '.join(QUICK_TASKS)})")
     p.add_argument("--setting", dest="settings", action="append", default=[], metavar="PRESET[:K=V,...]",
                    help="a setting to run instead of the built-in sweep, e.g. credit_decoding:select.threshold=0.8 (repeatable)")
+    p.add_argument("--logit-temperature", type=float, default=1.0, metavar="TAU",
+                   help="divide the model's logits by TAU before any strategy sees them: TAU > 1 makes an "
+                        "under-confident model with the same argmax (stress-tests confidence rules)")
     p.add_argument("--n", type=int, help="test examples per task (default 200; --quick 32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
@@ -416,11 +437,16 @@ def run_bench(args: argparse.Namespace) -> int:
     tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
     n = args.n or (32 if args.quick else 200)
     validate(settings, tasks)  # before loading anything
+    if not (math.isfinite(args.logit_temperature) and args.logit_temperature > 0):
+        raise ConfigError(f"--logit-temperature must be a positive number, got {args.logit_temperature}")
     model, tokenizer = load_model(args.model)
+    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads()}
+    if args.logit_temperature != 1.0:
+        model = TemperedLogits(model, args.logit_temperature)
+        meta["logit_temperature"] = args.logit_temperature
     start = time.time()
     try:
-        payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size,
-                      meta={"model": args.model, "quick": args.quick, "threads": torch.get_num_threads()})
+        payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta)
     except KeyboardInterrupt:
         print(f"interrupted: finished results kept in {out_dir / 'bench.json'}")
         raise
@@ -495,7 +521,9 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
              f"Regenerate this page ({_duration(meta.get('seconds', 0))} on 2 CPU cores):", "",
              "```bash", command, "```", "",
              f"Model: `{meta.get('model', 'reference')}`; test split; n = {meta['n']} examples per task; "
-             f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}."
+             f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}"
+             + (f"; logits divided by {meta['logit_temperature']:g} (an under-confident model, same argmax)"
+                if meta.get("logit_temperature") else "") + "."
              + (" **Interrupted run: partial results.**" if payload.get("interrupted") else ""), "",
              "Definitions: **NFE** = model forwards a sample cost; **TPF** = answer tokens (EOS fill "
              "included) / NFE, averaged over samples; **AUP** = accuracy under parallelism (d3LLM): the "

@@ -46,6 +46,24 @@ def test_cli_rejects_bad_names_before_loading_a_model(capsys, monkeypatch):
     assert "unknown option 'treshold'" in capsys.readouterr().err
     assert cli.main(["bench", "--tasks", "sorting", "--out", "/tmp/x"]) == 2
     assert cli.main(["eval", "--task", "sorting"]) == 2
+    for tau in ("0", "-1", "nan"):
+        assert cli.main(["bench", "--quick", "--logit-temperature", tau, "--out", "/tmp/x"]) == 2
+        assert "--logit-temperature must be a positive number" in capsys.readouterr().err
+
+
+def test_tempered_logits_keep_the_argmax_and_soften_confidence():
+    from dllm_decoding.evaluate import load_model
+    from dllm_decoding.tasks import encode_batch, get_task
+
+    model, tokenizer = load_model("reference")
+    prompt, mask = encode_batch(tokenizer, get_task("sort").examples("test", 4), get_task("sort"))
+    ids = torch.cat([prompt, torch.full((4, 12), model.config.mask_token_id)], dim=1)
+    am = torch.cat([mask, torch.ones(4, 12, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        sharp = model(input_ids=ids, attention_mask=am).logits
+        soft = bench.TemperedLogits(model, 3.0)(input_ids=ids, attention_mask=am).logits
+    assert torch.equal(soft, sharp / 3.0) and torch.equal(soft.argmax(-1), sharp.argmax(-1))
+    assert bool((soft.softmax(-1).amax(-1) <= sharp.softmax(-1).amax(-1) + 1e-6).all())
 
 
 def _fake_result(task, label, strategy, acc, nfe, gen=10):
