@@ -26,6 +26,7 @@ import torch
 from .config import load_strategy, parse_override_value
 from .errors import ConfigError
 from .evaluate import evaluate, load_model
+from .plots import pareto_front
 from .tasks import TASKS, get_task
 
 
@@ -206,11 +207,16 @@ def claims(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _nfe_at_accuracy(points: list[dict], accuracy: float) -> float | None:
-    """Fast-dLLM's mean NFE at a given accuracy, linear between neighbouring sweep points."""
-    pts = sorted((p["accuracy"], p["nfe_mean"]) for p in points)
-    for (a0, n0), (a1, n1) in zip(pts, pts[1:]):
+    """The fewest forwards Fast-dLLM needs for ``accuracy``: linear between neighbouring points of
+    its Pareto front (settings no other setting beats on both accuracy and NFE), so a setting
+    that costs more for less accuracy never sets the price. None outside the front's range."""
+    front = sorted((a, -x) for x, a in pareto_front([(-p["nfe_mean"], p["accuracy"]) for p in points]))
+    for a, n in front:
+        if a == accuracy:
+            return n
+    for (a0, n0), (a1, n1) in zip(front, front[1:]):
         if a0 <= accuracy <= a1:
-            return n0 if a1 == a0 else n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0)
+            return n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0)
     return None
 
 

@@ -192,3 +192,13 @@ def test_overhead_bench_pairs_identical_decodes_and_splits_out_the_forwards():
     # the forwards' own time is most of a decode, on both sides
     assert 0 < result["forward_ms"]["bare"] * result["forwards"] < result["bare_ms"]
     assert 0 < result["forward_ms"]["framework"] * result["forwards"] < result["framework_ms"]
+
+
+def test_fast_dllm_price_of_an_accuracy_comes_from_its_pareto_front():
+    sweep = [{"accuracy": a, "nfe_mean": n} for a, n in
+             [(0.957, 1.68), (0.979, 1.73), (0.989, 1.80), (0.991, 1.93), (0.989, 2.39), (0.987, 10.38)]]
+    # 98.7% costs at most 1.80 forwards (98.9% at 1.80), never the 10.38 of a dominated setting:
+    # on the front, between 97.9% at 1.73 and 98.9% at 1.80
+    assert math.isclose(bench._nfe_at_accuracy(sweep, 0.987), 1.73 + 0.07 * 0.8)
+    assert bench._nfe_at_accuracy(sweep, 0.989) == 1.80
+    assert bench._nfe_at_accuracy(sweep, 0.995) is None and bench._nfe_at_accuracy(sweep, 0.9) is None
