@@ -224,6 +224,16 @@ def _by_strategy_then_cost(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"]))
 
 
+def _perturbation(meta: dict[str, Any], lead: str) -> str:
+    """How the model's logits were perturbed (bench --logit-temperature / --logit-noise), or ''."""
+    parts = []
+    if meta.get("logit_temperature", 1.0) != 1.0:
+        parts.append(f"logits divided by {meta['logit_temperature']:g}")
+    if meta.get("logit_noise"):
+        parts.append(f"Gaussian noise of std {meta['logit_noise']:g} added to the logits at every forward")
+    return lead + " and ".join(parts) if parts else ""
+
+
 def _mean_table(summary: dict[str, Any]) -> list[str]:
     lines = ["| setting | accuracy | mean NFE | TPF |", "|---|---|---|---|"]
     for s in _by_strategy_then_cost(summary):
@@ -244,7 +254,7 @@ def markdown(payload: dict[str, Any]) -> str:
     summary = summarise(results)
     meta = payload["meta"]
     lines = [f"Model `{meta.get('model', 'reference')}`, test split, n = {meta['n']} per task"
-             + (f", logits divided by {meta['logit_temperature']:g}" if meta.get("logit_temperature") else "")
+             + _perturbation(meta, ", ")
              + (" (INTERRUPTED: partial)" if payload.get("interrupted") else ""), "",
              "### Mean over tasks", "", *_mean_table(summary),
              "", "### AUP per strategy (d3LLM definition, alpha = 3)", "", *_aup_table(summary)]
@@ -314,19 +324,28 @@ def bare_low_confidence_loop(model: Any, prompt: torch.Tensor, attention_mask: t
     return x, gen_length
 
 
-class TemperedLogits(torch.nn.Module):
-    """The wrapped model with its logits divided by ``tau``: the same argmax everywhere, every
-    distribution flatter (``tau > 1``) or sharper (``tau < 1``). ``bench --logit-temperature``
-    uses it to ask how a rule behaves on an under-confident model."""
+class PerturbedLogits(torch.nn.Module):
+    """The wrapped model with its logits divided by ``tau`` and, with ``noise > 0``, Gaussian
+    noise of that standard deviation added at every forward (seeded, so a run repeats exactly).
 
-    def __init__(self, model: Any, tau: float) -> None:
+    ``tau > 1`` keeps every argmax and flattens every distribution: a uniformly under-confident
+    model. ``noise`` makes confidence fluctuate from step to step, as it does on large models,
+    which is what a rule that remembers past steps (credit) could exploit. ``bench
+    --logit-temperature`` and ``--logit-noise`` use it to stress-test confidence rules."""
+
+    def __init__(self, model: Any, tau: float = 1.0, noise: float = 0.0, seed: int = 0) -> None:
         super().__init__()
-        self.inner, self.config, self.tau = model, model.config, tau
+        self.inner, self.config, self.tau, self.noise = model, model.config, tau, noise
+        self.generator = torch.Generator().manual_seed(seed)
         self.eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
-        out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
-        return SimpleNamespace(logits=out.logits / self.tau)
+        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits / self.tau
+        if self.noise:
+            jitter = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
+            # keep -inf entries (tokens the model rules out, e.g. [MASK]) ruled out
+            logits = logits + self.noise * jitter.masked_fill(torch.isinf(logits), 0.0)
+        return SimpleNamespace(logits=logits)
 
 
 class _ForwardClock(torch.nn.Module):
@@ -419,6 +438,9 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logit-temperature", type=float, default=1.0, metavar="TAU",
                    help="divide the model's logits by TAU before any strategy sees them: TAU > 1 makes an "
                         "under-confident model with the same argmax (stress-tests confidence rules)")
+    p.add_argument("--logit-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="add Gaussian noise of this standard deviation to the logits at every forward "
+                        "(seeded): confidence that fluctuates from step to step")
     p.add_argument("--n", type=int, help="test examples per task (default 200; --quick 32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
@@ -445,11 +467,13 @@ def run_bench(args: argparse.Namespace) -> int:
     validate(settings, tasks)  # before loading anything
     if not (math.isfinite(args.logit_temperature) and args.logit_temperature > 0):
         raise ConfigError(f"--logit-temperature must be a positive number, got {args.logit_temperature}")
+    if not (math.isfinite(args.logit_noise) and args.logit_noise >= 0):
+        raise ConfigError(f"--logit-noise must be a number >= 0, got {args.logit_noise}")
     model, tokenizer = load_model(args.model)
     meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads()}
-    if args.logit_temperature != 1.0:
-        model = TemperedLogits(model, args.logit_temperature)
-        meta["logit_temperature"] = args.logit_temperature
+    if args.logit_temperature != 1.0 or args.logit_noise:
+        model = PerturbedLogits(model, args.logit_temperature, args.logit_noise)
+        meta.update(logit_temperature=args.logit_temperature, logit_noise=args.logit_noise)
     start = time.time()
     try:
         payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta)
@@ -528,8 +552,7 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
              "```bash", command, "```", "",
              f"Model: `{meta.get('model', 'reference')}`; test split; n = {meta['n']} examples per task; "
              f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}"
-             + (f"; logits divided by {meta['logit_temperature']:g} (an under-confident model, same argmax)"
-                if meta.get("logit_temperature") else "") + "."
+             + _perturbation(meta, "; ") + "."
              + (" **Interrupted run: partial results.**" if payload.get("interrupted") else ""), "",
              "Definitions: **NFE** = model forwards a sample cost; **TPF** = answer tokens (EOS fill "
              "included) / NFE, averaged over samples; **AUP** = accuracy under parallelism (d3LLM): the "

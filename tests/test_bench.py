@@ -49,9 +49,11 @@ def test_cli_rejects_bad_names_before_loading_a_model(capsys, monkeypatch):
     for tau in ("0", "-1", "nan"):
         assert cli.main(["bench", "--quick", "--logit-temperature", tau, "--out", "/tmp/x"]) == 2
         assert "--logit-temperature must be a positive number" in capsys.readouterr().err
+    assert cli.main(["bench", "--quick", "--logit-noise", "-0.1", "--out", "/tmp/x"]) == 2
+    assert "--logit-noise must be a number >= 0" in capsys.readouterr().err
 
 
-def test_tempered_logits_keep_the_argmax_and_soften_confidence():
+def test_perturbed_logits_temper_keeping_the_argmax_and_add_seeded_noise():
     from dllm_decoding.evaluate import load_model
     from dllm_decoding.tasks import encode_batch, get_task
 
@@ -61,9 +63,15 @@ def test_tempered_logits_keep_the_argmax_and_soften_confidence():
     am = torch.cat([mask, torch.ones(4, 12, dtype=torch.long)], dim=1)
     with torch.no_grad():
         sharp = model(input_ids=ids, attention_mask=am).logits
-        soft = bench.TemperedLogits(model, 3.0)(input_ids=ids, attention_mask=am).logits
+        soft = bench.PerturbedLogits(model, 3.0)(input_ids=ids, attention_mask=am).logits
+        noisy = [bench.PerturbedLogits(model, 1.0, noise=0.5, seed=3)(input_ids=ids, attention_mask=am).logits
+                 for _ in range(2)]
     assert torch.equal(soft, sharp / 3.0) and torch.equal(soft.argmax(-1), sharp.argmax(-1))
     assert bool((soft.softmax(-1).amax(-1) <= sharp.softmax(-1).amax(-1) + 1e-6).all())
+    assert torch.equal(noisy[0], noisy[1])  # seeded: a run repeats exactly
+    jitter = noisy[0] - sharp
+    assert 0.4 < float(jitter[torch.isfinite(jitter)].std()) < 0.6
+    assert torch.equal(torch.isinf(noisy[0]), torch.isinf(sharp))  # ruled-out tokens stay ruled out
 
 
 def _fake_result(task, label, strategy, acc, nfe, gen=10):
