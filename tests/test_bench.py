@@ -75,7 +75,8 @@ def test_perturbed_logits_temper_keeping_the_argmax_and_add_seeded_noise():
 
 
 def _fake_result(task, label, strategy, acc, nfe, gen=10):
-    return {"task": task, "label": label, "strategy": strategy, "overrides": {"select.threshold": 0.9},
+    threshold = float(label.split("threshold=")[1].rstrip(")")) if "threshold=" in label else 0.9
+    return {"task": task, "label": label, "strategy": strategy, "overrides": {"select.threshold": threshold},
             "accuracy": acc, "nfe_mean": nfe, "nfe": [nfe], "tpf": gen / nfe, "tokens_per_second": 1.0,
             "latency_per_sample_s": 0.001}
 
@@ -112,6 +113,10 @@ def test_summary_claims_and_markdown():
     match = {m["credit"]: m for m in claims["credit_vs_fast_dllm"]}["credit_decoding(threshold=0.9)"]
     assert match["fast_dllm_at_same_accuracy_within_0.5"] == [("fast_dllm_threshold(threshold=0.9)", 3)]
     assert match["fast_dllm_nfe_interpolated"] == 3
+    same = claims["credit_vs_fast_dllm_same_threshold"]
+    assert [(m["threshold"], m["credit_nfe"], m["fast_dllm_nfe"]) for m in same] == [(0.5, 1, 1.5), (0.9, 2, 3)]
+    page = bench.report({"meta": {"n": 1}, "results": results}, "dllm-decode bench", "img")
+    assert "| 0.9 | 90.0 (3.00) | 90.0 (2.00) | +33.3% |" in page
     text = bench.markdown({"meta": {"n": 1}, "results": results})
     assert "| `credit_decoding(threshold=0.9)` | 90.0 | 2.00 | 5.00 |" in text
     assert "AUP" in text
