@@ -290,15 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from dllm_decoding.errors import DecodingError
-
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (exits on a bad argument or ``--help``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train-reference"]:
         # the trainer parses its own arguments; argparse's REMAINDER would reject a leading --option
-        args = argparse.Namespace(command="train-reference", func=_cmd_train, train_args=argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
+        return argparse.Namespace(command="train-reference", func=_cmd_train, train_args=argv[1:])
+    return build_parser().parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dllm_decoding.errors import DecodingError
+
+    args = parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DecodingError as exc:
