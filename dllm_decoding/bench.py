@@ -231,6 +231,23 @@ def _by_strategy_then_cost(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(summary["settings"], key=lambda s: (s["strategy"], -s["nfe_mean"]))
 
 
+def _overhead_table(over: dict[str, Any]) -> list[str]:
+    lines = ["| batch | pairs | forward (ms): framework / bare | framework (ms) | bare loop (ms) | overhead | "
+             "outside forwards per step: framework / bare (us) | overhead outside forwards |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in over.values():
+        iqr, outside, forward = (r.get(k) for k in ("overhead_percent_iqr", "outside_forward_us_per_step",
+                                                    "forward_ms"))
+        own = r.get("outside_forward_overhead_percent")
+        lines.append(f"| {r['batch']} | {r.get('repeats', '?')} | "
+                     + (f"{forward['framework']:.2f} / {forward['bare']:.2f}" if isinstance(forward, dict) else "n/a")
+                     + f" | {r['framework_ms']:.1f} | {r['bare_ms']:.1f} | {r['overhead_percent']:+.1f}%"
+                     + (f" [{iqr[0]:+.1f}, {iqr[1]:+.1f}]" if iqr else "") + " | "
+                     + (f"{outside['framework']:.0f} / {outside['bare']:.0f}" if outside else "n/a") + " | "
+                     + (f"{own:+.1f}%" if own is not None else "n/a") + " |")
+    return lines
+
+
 def _perturbation(meta: dict[str, Any], lead: str) -> str:
     """How the model's logits were perturbed (bench --logit-temperature / --logit-noise), or ''."""
     parts = []
@@ -466,7 +483,9 @@ def run_bench(args: argparse.Namespace) -> int:
         results = measure_overhead(model, tokenizer)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "overhead.json").write_text(json.dumps(results, indent=2))
-        print(json.dumps(results, indent=2))
+        (out_dir / "overhead.md").write_text("\n".join(_overhead_table(results)) + "\n")
+        print("\n".join(_overhead_table(results)))
+        print(f"wrote {out_dir / 'overhead.json'} and {out_dir / 'overhead.md'}")
         return 0
     settings = parse_settings(args.settings) if args.settings else SWEEPS["quick" if args.quick else "full"]
     tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
@@ -646,19 +665,7 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
                   "bare - 1 (interquartile range in brackets). The model's forwards are clocked on both "
                   "sides: the time outside them per step is the loop's own cost, and that difference "
                   "over the bare decode time is the overhead free of the forward's run-to-run noise:", "",
-                  "| batch | pairs | forward (ms): framework / bare | framework (ms) | bare loop (ms) | overhead | "
-                  "outside forwards per step: framework / bare (us) | overhead outside forwards |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in over.values():
-            iqr, outside, forward = (r.get(k) for k in ("overhead_percent_iqr", "outside_forward_us_per_step",
-                                                        "forward_ms"))
-            own = r.get("outside_forward_overhead_percent")
-            lines.append(f"| {r['batch']} | {r.get('repeats', '?')} | "
-                         + (f"{forward['framework']:.2f} / {forward['bare']:.2f}" if isinstance(forward, dict) else "n/a")
-                         + f" | {r['framework_ms']:.1f} | {r['bare_ms']:.1f} | {r['overhead_percent']:+.1f}%"
-                         + (f" [{iqr[0]:+.1f}, {iqr[1]:+.1f}]" if iqr else "") + " | "
-                         + (f"{outside['framework']:.0f} / {outside['bare']:.0f}" if outside else "n/a") + " | "
-                         + (f"{own:+.1f}%" if own is not None else "n/a") + " |")
+                  *_overhead_table(over)]
     notes = payload.get("notes")
     if notes:
         lines += ["", "## Notes", "", notes]
