@@ -18,14 +18,13 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from .config import load_strategy, parse_override_value
 from .errors import ConfigError
-from .evaluate import evaluate, load_model
+from .evaluate import add_model_arguments, evaluate, load_model, perturbation
 from .plots import pareto_front
 from .tasks import TASKS, get_task
 
@@ -348,30 +347,6 @@ def bare_low_confidence_loop(model: Any, prompt: torch.Tensor, attention_mask: t
     return x, gen_length
 
 
-class PerturbedLogits(torch.nn.Module):
-    """The wrapped model with its logits divided by ``tau`` and, with ``noise > 0``, Gaussian
-    noise of that standard deviation added at every forward (seeded, so a run repeats exactly).
-
-    ``tau > 1`` keeps every argmax and flattens every distribution: a uniformly under-confident
-    model. ``noise`` makes confidence fluctuate from step to step, as it does on large models,
-    which is what a rule that remembers past steps (credit) could exploit. ``bench
-    --logit-temperature`` and ``--logit-noise`` use it to stress-test confidence rules."""
-
-    def __init__(self, model: Any, tau: float = 1.0, noise: float = 0.0, seed: int = 0) -> None:
-        super().__init__()
-        self.inner, self.config, self.tau, self.noise = model, model.config, tau, noise
-        self.generator = torch.Generator().manual_seed(seed)
-        self.eval()
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
-        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits / self.tau
-        if self.noise:
-            jitter = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
-            # keep -inf entries (tokens the model rules out, e.g. [MASK]) ruled out
-            logits = logits + self.noise * jitter.masked_fill(torch.isinf(logits), 0.0)
-        return SimpleNamespace(logits=logits)
-
-
 class _ForwardClock(torch.nn.Module):
     """Adds up the time spent inside the wrapped model's forwards. Both loops decode through the
     same wrapper, so its cost (about a microsecond a call) falls on both sides alike."""
@@ -455,16 +430,10 @@ def overhead(model: Any, tokenizer: Any, task: str = "latin_square", n: int = 64
 
 
 def configure_bench_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="reference", help="'reference' or a local checkpoint directory")
+    add_model_arguments(p)
     p.add_argument("--tasks", nargs="*", help=f"tasks (default: all; --quick: {' '.join(QUICK_TASKS)})")
     p.add_argument("--setting", dest="settings", action="append", default=[], metavar="PRESET[:K=V,...]",
                    help="a setting to run instead of the built-in sweep, e.g. credit_decoding:select.threshold=0.8 (repeatable)")
-    p.add_argument("--logit-temperature", type=float, default=1.0, metavar="TAU",
-                   help="divide the model's logits by TAU before any strategy sees them: TAU > 1 makes an "
-                        "under-confident model with the same argmax (stress-tests confidence rules)")
-    p.add_argument("--logit-noise", type=float, default=0.0, metavar="SIGMA",
-                   help="add Gaussian noise of this standard deviation to the logits at every forward "
-                        "(seeded): confidence that fluctuates from step to step")
     p.add_argument("--n", type=int, help="test examples per task (default 200; --quick 32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
@@ -479,6 +448,9 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.overhead:
+        if perturbation(args):
+            raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature "
+                              "and --logit-noise (noise would also make the two loops' outputs differ)")
         model, tokenizer = load_model(args.model)
         results = measure_overhead(model, tokenizer)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -491,15 +463,12 @@ def run_bench(args: argparse.Namespace) -> int:
     tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
     n = args.n or (32 if args.quick else 200)
     validate(settings, tasks)  # before loading anything
-    if not (math.isfinite(args.logit_temperature) and args.logit_temperature > 0):
-        raise ConfigError(f"--logit-temperature must be a positive number, got {args.logit_temperature}")
-    if not (math.isfinite(args.logit_noise) and args.logit_noise >= 0):
-        raise ConfigError(f"--logit-noise must be a number >= 0, got {args.logit_noise}")
-    model, tokenizer = load_model(args.model)
-    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads()}
-    if args.logit_temperature != 1.0 or args.logit_noise:
-        model = PerturbedLogits(model, args.logit_temperature, args.logit_noise)
-        meta.update(logit_temperature=args.logit_temperature, logit_noise=args.logit_noise)
+    perturbed = perturbation(args)
+    if args.model == "toy":
+        raise ConfigError("bench decodes task prompts: it needs a model with a tokenizer (--model reference "
+                          "or a checkpoint directory), not the toy model")
+    model, tokenizer = load_model(args.model, **perturbed)
+    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), **perturbed}
     start = time.time()
     try:
         payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta)

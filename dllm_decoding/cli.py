@@ -126,25 +126,15 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(name: str) -> tuple[Any, Any]:
-    """(model, tokenizer-or-None) for ``reference``, ``toy`` or a local Hugging Face path."""
-    if name == "toy":
-        from dllm_decoding.testing import ContextModel
-
-        return ContextModel(vocab_size=16), None
-    from dllm_decoding.reference import load_reference_model
-
-    return load_reference_model(None if name == "reference" else name)
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     import dllm_decoding as dd
     from dllm_decoding.config import parse_overrides
+    from dllm_decoding.evaluate import model_from_args
 
     overrides = parse_overrides(args.overrides)
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = model_from_args(args)
     examples = None
     if args.task:
         from dllm_decoding.tasks import encode_batch, get_task
@@ -197,9 +187,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The three reference presets side by side on the reference model."""
     import dllm_decoding as dd
+    from dllm_decoding.errors import ConfigError
+    from dllm_decoding.evaluate import model_from_args
     from dllm_decoding.tasks import TASKS, decode_answer, encode_batch, get_task
 
-    model, tokenizer = _load_model(args.model)
+    if args.model == "toy":
+        raise ConfigError("demo decodes task prompts: it needs a model with a tokenizer (--model reference "
+                          "or a checkpoint directory), not the toy model")
+    model, tokenizer = model_from_args(args)
     presets = ["llada_low_confidence", "fast_dllm_threshold", "credit_decoding"]
     results = []
     tasks = args.tasks or list(TASKS)
@@ -238,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dllm-decode", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from dllm_decoding import bench, evaluate
 
     p = sub.add_parser("strategies", help="list presets, or show one with every option resolved")
     p.add_argument("name", nargs="?", help="a preset name or a .toml path")
@@ -251,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("generate", help="decode prompts with a strategy and print answers and NFE")
-    p.add_argument("--model", default="reference", help="'reference', 'toy' or a local model directory")
+    evaluate.add_model_arguments(p, toy=True)
     p.add_argument("--strategy", default="credit_decoding", help="preset name or .toml path")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", help="decode test examples of this task (reference model)")
@@ -266,14 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("demo", help="the three reference presets side by side on the reference model")
-    p.add_argument("--model", default="reference", help="'reference' or a local model directory")
+    evaluate.add_model_arguments(p)
     p.add_argument("--tasks", nargs="*", help="tasks to show (default: all)")
     p.add_argument("--n", type=int, default=32, help="test examples per task (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_demo)
-
-    from dllm_decoding import bench, evaluate
 
     p = sub.add_parser("eval", help="accuracy, NFE and speed of one strategy on one task")
     evaluate.configure_eval_parser(p)

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from .config import load_strategy, parse_overrides
+from .errors import ConfigError
 from .loop import generate
 from .tasks import Task, decode_answer, encode_batch, get_task
 
@@ -115,15 +118,79 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def load_model(name: str):
-    """``(model, tokenizer)`` for ``reference`` or a local checkpoint directory."""
+class PerturbedLogits(torch.nn.Module):
+    """The wrapped model with its logits divided by ``tau`` and, with ``noise > 0``, Gaussian
+    noise of that standard deviation added at every forward (seeded, so a run repeats exactly).
+
+    ``tau > 1`` keeps every argmax and flattens every distribution: a uniformly under-confident
+    model. ``noise`` makes confidence fluctuate from step to step, as it does on large models,
+    which is what a rule that remembers past steps (credit) could exploit. The CLI's
+    ``--logit-temperature`` and ``--logit-noise`` use it to stress-test confidence rules."""
+
+    def __init__(self, model: Any, tau: float = 1.0, noise: float = 0.0, seed: int = 0) -> None:
+        super().__init__()
+        self.inner, self.config, self.tau, self.noise = model, model.config, tau, noise
+        self.generator = torch.Generator().manual_seed(seed)
+        self.eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
+        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits / self.tau
+        if self.noise:
+            jitter = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
+            # keep -inf entries (tokens the model rules out, e.g. [MASK]) ruled out
+            logits = logits + self.noise * jitter.masked_fill(torch.isinf(logits), 0.0)
+        return SimpleNamespace(logits=logits)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, toy: bool = False) -> None:
+    """``--model`` and the logit perturbations, the same for every command that decodes."""
+    p.add_argument("--model", default="reference",
+                   help="'reference', 'toy' or a local checkpoint directory" if toy
+                   else "'reference' or a local checkpoint directory")
+    p.add_argument("--logit-temperature", type=float, default=1.0, metavar="TAU",
+                   help="divide the model's logits by TAU before any strategy sees them: TAU > 1 makes an "
+                        "under-confident model with the same argmax (stress-tests confidence rules)")
+    p.add_argument("--logit-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="add Gaussian noise of this standard deviation to the logits at every forward "
+                        "(seeded): confidence that fluctuates from step to step")
+
+
+def perturbation(args: argparse.Namespace) -> dict[str, float]:
+    """The logit perturbation the arguments ask for ({} for none), checked before any work."""
+    tau, noise = args.logit_temperature, args.logit_noise
+    if not (math.isfinite(tau) and tau > 0):
+        raise ConfigError(f"--logit-temperature must be a positive number, got {tau}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ConfigError(f"--logit-noise must be a number >= 0, got {noise}")
+    if tau == 1.0 and noise == 0.0:
+        return {}
+    if args.model == "toy":
+        raise ConfigError("--logit-temperature / --logit-noise need a checkpoint model; the toy model "
+                          "is a plain function (use --model reference)")
+    return {"logit_temperature": tau, "logit_noise": noise}
+
+
+def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``reference``, ``toy`` (tokenizer None) or a local checkpoint
+    directory, its logits perturbed when asked (:class:`PerturbedLogits`)."""
+    if name == "toy":
+        from .testing import ContextModel
+
+        return ContextModel(vocab_size=16), None
     from .reference import load_reference_model
 
-    return load_reference_model(None if name == "reference" else name)
+    model, tokenizer = load_reference_model(None if name == "reference" else name)
+    if logit_temperature != 1.0 or logit_noise:
+        model = PerturbedLogits(model, logit_temperature, logit_noise)
+    return model, tokenizer
+
+
+def model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    return load_model(args.model, **perturbation(args))
 
 
 def configure_eval_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="reference", help="'reference' or a local checkpoint directory")
+    add_model_arguments(p)
     p.add_argument("--strategy", default="credit_decoding", help="preset name or .toml path")
     p.add_argument("--task", required=True, help="task name (see dllm_decoding.tasks.TASKS)")
     p.add_argument("--n", type=int, default=200, help="test examples (default 200)")
@@ -140,11 +207,16 @@ def run_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     overrides = parse_overrides(args.overrides)
     load_strategy(args.strategy, {"gen_length": task.gen_length, "block_length": task.gen_length, **overrides})
-    model, tokenizer = load_model(args.model)
+    perturbed = perturbation(args)
+    if args.model == "toy":
+        raise ConfigError("eval decodes task prompts: it needs a model with a tokenizer (--model reference "
+                          "or a checkpoint directory), not the toy model")
+    model, tokenizer = load_model(args.model, **perturbed)
     with torch.no_grad():
         result = evaluate(model, tokenizer, args.strategy, task, args.n, split=args.split,
                           batch_size=args.batch_size, overrides=overrides, seed=args.seed,
                           keep_predictions=args.predictions)
+    result.update(model=args.model, **perturbed)
     if not args.predictions:
         result.pop("nfe")
     text = json.dumps(result, indent=2)

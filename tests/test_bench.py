@@ -54,7 +54,7 @@ def test_cli_rejects_bad_names_before_loading_a_model(capsys, monkeypatch):
 
 
 def test_perturbed_logits_temper_keeping_the_argmax_and_add_seeded_noise():
-    from dllm_decoding.evaluate import load_model
+    from dllm_decoding.evaluate import PerturbedLogits, load_model
     from dllm_decoding.tasks import encode_batch, get_task
 
     model, tokenizer = load_model("reference")
@@ -63,8 +63,8 @@ def test_perturbed_logits_temper_keeping_the_argmax_and_add_seeded_noise():
     am = torch.cat([mask, torch.ones(4, 12, dtype=torch.long)], dim=1)
     with torch.no_grad():
         sharp = model(input_ids=ids, attention_mask=am).logits
-        soft = bench.PerturbedLogits(model, 3.0)(input_ids=ids, attention_mask=am).logits
-        noisy = [bench.PerturbedLogits(model, 1.0, noise=0.5, seed=3)(input_ids=ids, attention_mask=am).logits
+        soft = PerturbedLogits(model, 3.0)(input_ids=ids, attention_mask=am).logits
+        noisy = [PerturbedLogits(model, 1.0, noise=0.5, seed=3)(input_ids=ids, attention_mask=am).logits
                  for _ in range(2)]
     assert torch.equal(soft, sharp / 3.0) and torch.equal(soft.argmax(-1), sharp.argmax(-1))
     assert bool((soft.softmax(-1).amax(-1) <= sharp.softmax(-1).amax(-1) + 1e-6).all())

@@ -79,3 +79,24 @@ def test_train_reference_passes_every_argument_to_the_trainer(capsys, monkeypatc
     monkeypatch.setattr(train, "main", lambda argv, prog=None: seen.append((argv, prog)) or 0)
     assert cli.main(["train-reference", "--steps", "5", "--out", "runs/x"]) == 0
     assert seen == [(["--steps", "5", "--out", "runs/x"], "dllm-decode train-reference")]
+
+
+def test_model_arguments_are_checked_before_any_work(capsys):
+    for argv, message in [
+        (["eval", "--task", "sort", "--model", "toy"], "needs a model with a tokenizer"),
+        (["bench", "--quick", "--model", "toy", "--out", "/tmp/x"], "needs a model with a tokenizer"),
+        (["demo", "--model", "toy"], "needs a model with a tokenizer"),
+        (["generate", "--model", "toy", "--prompt-ids", "1,2", "--logit-noise", "1"], "toy model is a plain function"),
+        (["eval", "--task", "sort", "--logit-temperature", "0"], "--logit-temperature must be a positive number"),
+        (["bench", "--overhead", "--logit-noise", "0.5"], "--overhead times the loop on the model as it is"),
+    ]:
+        assert cli.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_eval_on_an_under_confident_model_says_so(capsys):
+    assert cli.main(["eval", "--task", "sort", "--n", "4", "--logit-temperature", "3",
+                     "--strategy", "fast_dllm_threshold"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["logit_temperature"] == 3.0 and result["model"] == "reference"
+    assert result["nfe_mean"] > 1.5  # at 0.9 the flattened confidences rarely pass in one step
