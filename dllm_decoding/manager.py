@@ -111,7 +111,9 @@ def make_plugin_manager(*, load_entrypoints: bool | None = None,
             raise PluginError(f"loading entry points of group {ENTRY_POINT_GROUP!r} failed: "
                               f"{type(exc).__name__}: {exc}") from exc
     for plugin in plugins:
-        pm.register(plugin)
+        # a readable name for errors (pluggy would use the object's id); the id only on a clash
+        name = getattr(plugin, "__name__", None) or type(plugin).__qualname__
+        pm.register(plugin, name=name if pm.get_plugin(name) is None else f"{name}@{id(plugin):x}")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -141,6 +141,18 @@ class MutatesState(dd.Component):
         return state.selectable
 
 
+class MutatesSelectable(dd.Component):
+    """state.selectable is cached for the step: the core reuses it after this hook returns."""
+    name = "mutates_selectable"
+    hook_point = "select"
+
+    @dd.hookimpl
+    def select(self, state, proposal):
+        mask = state.selectable
+        mask[:, -1] = False
+        return mask
+
+
 class TwoHooks(dd.Component):
     name = "two_hooks"
     hook_point = "select"
@@ -181,6 +193,7 @@ def _registry_with(*components):
     (InPlace, "component 'in_place' modified its input 'logits' in place in hook 'fuse'"),
     (FloatSelect, "select must return a bool tensor of shape (1, 7), got a torch.float64 tensor"),
     (MutatesState, "modified its input 'state.canvas' in place"),
+    (MutatesSelectable, "modified its input 'state.selectable' in place"),
     (TwoHooks, "also implements the 'score' hook"),
     (Misspelled, "unknown hook"),
 ])
@@ -228,3 +241,28 @@ def test_scripted_model_rejects_bad_scripts():
         ScriptedModel([1, 7], vocab_size=8, mask_id=7)
     with pytest.raises(ValueError, match="confidence must have shape"):
         ScriptedModel([1, 2], vocab_size=8, mask_id=7, confidence=[[0.5, 0.5, 0.5]])
+
+
+def test_hook_implementations_may_take_any_subset_of_arguments(model):
+    class FirstOpen(dd.Component):
+        """``select`` taking only ``state`` (the hook is called with keywords)."""
+        name = "first_open"
+        hook_point = "select"
+
+        @dd.hookimpl
+        def select(self, state):
+            first = state.selectable.long().argmax(dim=1)
+            return torch.nn.functional.one_hot(first, state.selectable.shape[1]).bool() & state.selectable
+
+    out = dd.generate(model, PROMPT, {"select": {"use": "first_open"}}, gen_length=4, trace=True,
+                      registry=_registry_with(FirstOpen))
+    assert out.trace.commit_step()[0].tolist() == [0, 1, 2, 3]  # left to right, one per step
+
+
+def test_plugin_objects_are_named_after_their_class_in_errors():
+    class NoHook(dd.Component):
+        name = "no_hook"
+        hook_point = "select"
+
+    with pytest.raises(dd.PluginError, match=r"plugin '_registry_with\.<locals>\.Plugin': component 'no_hook'"):
+        _registry_with(NoHook)
