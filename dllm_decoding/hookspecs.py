@@ -83,6 +83,10 @@ def score(state, logits):
     :return: a :class:`~dllm_decoding.state.Proposal` (``tokens`` ``(B, T)`` long,
         ``confidence`` ``(B, T)`` float, larger = more certain).
 
+    Only the current block can commit, so a scorer may compute confidence for the block alone
+    and put ``-inf`` elsewhere (the built-in ones do: a full-width float64 softmax over a large
+    vocabulary dominates a step's time and memory).
+
     First result wins; a strategy has exactly one score component.
     """
 

@@ -14,6 +14,7 @@ class Proposal:
 
     ``tokens`` ``(B, T)`` long: the token each position would take if committed now.
     ``confidence`` ``(B, T)`` float: larger = more certain; selectors rank and threshold it.
+    The built-in scorers fill it for the current block only (-inf elsewhere).
     ``logits`` ``(B, T, V)``: the fused logits the proposal was made from (read-only), for
     selectors that need the whole distribution (entropy bounds, margins).
     """

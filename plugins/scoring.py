@@ -25,6 +25,22 @@ def propose_tokens(state, logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([tokens[:, :state.prompt_length], noisy.argmax(dim=-1)], dim=1)
 
 
+def in_block(state, logits: torch.Tensor, precision: str) -> torch.Tensor:
+    """The current block's logits ``(B, L, V)`` in ``precision``. Scores are computed for the
+    block only: no other position can be committed this step, and a ``(B, T, V)`` float64 copy
+    of a 126k-token vocabulary would cost ~1 MB per position."""
+    block = logits[:, state.block_start:state.block_end]
+    dtype = _DTYPES[precision]
+    return block if block.dtype == dtype else block.to(dtype)
+
+
+def whole_row(state, block_values: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` with ``block_values`` in the current block and -inf (cannot commit now) elsewhere."""
+    out = block_values.new_full((block_values.shape[0], state.canvas.shape[1]), float("-inf"))
+    out[:, state.block_start:state.block_end] = block_values
+    return out
+
+
 class PrecisionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     precision: Literal["float32", "float64"] = "float64"
@@ -40,9 +56,9 @@ class Confidence(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        dtype = _DTYPES[self.options.precision]
-        probs = torch.softmax(logits if logits.dtype == dtype else logits.to(dtype), dim=-1)
-        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        probs = torch.softmax(in_block(state, logits, self.options.precision), dim=-1)
+        block_tokens = tokens[:, state.block_start:state.block_end, None]
+        confidence = whole_row(state, probs.gather(-1, block_tokens).squeeze(-1))
         return Proposal(tokens=tokens, confidence=confidence, logits=logits)
 
 
@@ -56,8 +72,8 @@ class Margin(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        top2 = torch.softmax(logits.to(_DTYPES[self.options.precision]), dim=-1).topk(2, dim=-1).values
-        return Proposal(tokens=tokens, confidence=top2[..., 0] - top2[..., 1], logits=logits)
+        top2 = torch.softmax(in_block(state, logits, self.options.precision), dim=-1).topk(2, dim=-1).values
+        return Proposal(tokens=tokens, confidence=whole_row(state, top2[..., 0] - top2[..., 1]), logits=logits)
 
 
 class NegativeEntropy(Component):
@@ -70,9 +86,9 @@ class NegativeEntropy(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        logp = torch.log_softmax(logits.to(_DTYPES[self.options.precision]), dim=-1)
+        logp = torch.log_softmax(in_block(state, logits, self.options.precision), dim=-1)
         neg_entropy = (logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
-        return Proposal(tokens=tokens, confidence=neg_entropy, logits=logits)
+        return Proposal(tokens=tokens, confidence=whole_row(state, neg_entropy), logits=logits)
 
 
 class RandomOrder(Component):

@@ -11,6 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dllm_decoding import Component, hookimpl
+from dllm_decoding.plugins.scoring import in_block
 
 NEG_INF = float("-inf")
 
@@ -156,14 +157,17 @@ class EntropyBound(Component):
 
     @hookimpl
     def select(self, state, proposal):
-        logp = torch.log_softmax(proposal.logits.to(torch.float64), dim=-1)
+        start, end = state.block_start, state.block_end  # only the block can commit: score it alone
+        logp = torch.log_softmax(in_block(state, proposal.logits, "float64"), dim=-1)
         entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
-        entropy = entropy.masked_fill(~state.selectable, float("inf"))
+        entropy = entropy.masked_fill(~state.selectable[:, start:end], float("inf"))
         ordered, index = entropy.sort(dim=1, stable=True)
         finite = torch.isfinite(ordered)
         excess = torch.cumsum(ordered.masked_fill(~finite, 0.0), dim=1) - ordered.masked_fill(~finite, 0.0)
         keep = finite & (excess <= self.options.gamma)
-        return torch.zeros_like(keep).scatter(1, index, keep)
+        out = torch.zeros_like(state.selectable)
+        out[:, start:end] = torch.zeros_like(keep).scatter(1, index, keep)
+        return out
 
 
 @hookimpl

@@ -224,3 +224,39 @@ def test_tracing_off_builds_no_step_records(monkeypatch):
     dd.generate(ScriptedModel(ANSWER, vocab_size=V, mask_id=MASK, confidence=CONF), PROMPT,
                 "fast_dllm_threshold", gen_length=4)
     assert len(built) == int(out.nfe[0])  # only the traced decode built one record per step
+
+
+@pytest.mark.parametrize("scorer", ["confidence", "margin", "entropy"])
+def test_scorers_score_the_current_block_only_and_exactly(scorer):
+    """Built-in scorers compute the block alone (-inf elsewhere), bit for bit what the whole-row
+    computation gives there."""
+    from dllm_decoding.plugins.scoring import Confidence, Margin, NegativeEntropy
+
+    seen = []
+
+    class Spy(dd.Component):
+        name = "spy"
+        hook_point = "observer"
+
+        @dd.hookimpl
+        def on_step_end(self, state, record):
+            seen.append((state.block_start, state.block_end, record.proposal))
+
+    model = ContextModel(9, seed=1, scale=3.0)
+    dd.generate(model, torch.tensor([[1, 2, 3]]), {"score": {"use": scorer}, "select": {"use": "topk"}},
+                gen_length=8, block_length=4, steps=8, observers=[Spy()])
+    assert {start for start, _, _ in seen} == {3, 7}  # both blocks were seen
+    cls = {"confidence": Confidence, "margin": Margin, "entropy": NegativeEntropy}[scorer]
+    for start, end, proposal in seen:
+        logits = proposal.logits.to(torch.float64)
+        if scorer == "confidence":
+            full = logits.softmax(-1).gather(-1, proposal.tokens[..., None]).squeeze(-1)
+        elif scorer == "margin":
+            top2 = logits.softmax(-1).topk(2, dim=-1).values
+            full = top2[..., 0] - top2[..., 1]
+        else:
+            logp = logits.log_softmax(-1)
+            full = (logp.exp() * logp).nan_to_num(0.0).sum(-1)
+        assert torch.equal(proposal.confidence[:, start:end], full[:, start:end]), cls.__name__
+        outside = torch.cat([proposal.confidence[:, :start], proposal.confidence[:, end:]], dim=1)
+        assert bool((outside == float("-inf")).all())
