@@ -36,9 +36,8 @@ def in_block(state, logits: torch.Tensor, precision: str) -> torch.Tensor:
 
 def whole_row(state, block_values: torch.Tensor) -> torch.Tensor:
     """``(B, T)`` with ``block_values`` in the current block and -inf (cannot commit now) elsewhere."""
-    out = block_values.new_full((block_values.shape[0], state.canvas.shape[1]), float("-inf"))
-    out[:, state.block_start:state.block_end] = block_values
-    return out
+    after = state.canvas.shape[1] - state.block_end
+    return torch.nn.functional.pad(block_values, (state.block_start, after), value=float("-inf"))
 
 
 class PrecisionOptions(BaseModel):
