@@ -100,7 +100,8 @@ class Pipeline:
         version counters make the check free)."""
         state = kwargs["state"]
         tensors.update({"state.canvas": state.canvas, "state.open": state.open,
-                        "state.block_mask": state.block_mask, "state.selectable": state.selectable})
+                        "state.block_mask": state.block_mask, "state.selectable": state.selectable,
+                        "state.active_rows": state.active_rows})
         versions = [v._version for v in tensors.values()]
         result = self.call(hook, comp, caller, **kwargs)
         if versions != [v._version for v in tensors.values()]:
@@ -323,19 +324,23 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         finished_rows=torch.zeros(batch, dtype=torch.bool),
         nfe=torch.zeros(batch, dtype=torch.long))
     remask_budget = strat.max_steps_per_block or 2 * block_len
+    all_rows = torch.ones(batch, dtype=torch.bool)  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
     pipeline.broadcast("on_decode_start", state=state)
     for block in range(strat.gen_length // block_len):
         state.block_index, state.block_step = block, 0
         start, end = state.block_start, state.block_end
         pipeline.broadcast("on_block_start", state=state)
+        # open positions of this block per row, kept as Python ints: one sync per step then
+        # serves both the progress check and the next step's active rows. Finished (EOS) rows
+        # have none, as _stop_at_eos closes everything after their last block.
+        open_left = state.open[:, start:end].sum(dim=1).tolist()
         while True:
-            # rows with open positions in this block; finished (EOS) rows have none left, as
-            # _stop_at_eos closes everything after their last block
-            active = state.open[:, start:end].any(dim=1)
-            n_active = int(active.sum())
+            active_list = [n > 0 for n in open_left]
+            n_active = sum(active_list)
             if n_active == 0:
                 break
+            active = all_rows if n_active == batch else torch.tensor(active_list)
             state.active_rows = active
             rows = None if n_active == batch else active.nonzero().squeeze(1)
             canvas_in = state.canvas if rows is None else state.canvas[rows]
@@ -353,11 +358,13 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             selectable = state.selectable
             comp, chosen = pipeline.first("select", state=state, proposal=proposal)
             commit = _check_mask(comp, "select", chosen, (batch, total)) & selectable
-            committing = commit.any(dim=1)
-            if int(committing.sum()) < n_active:  # progress guarantee: the most confident open position
-                stalled = active & ~committing
+            committed = commit.sum(dim=1).tolist()
+            stalled = [a and c == 0 for a, c in zip(active_list, committed)]
+            if any(stalled):  # progress guarantee: the most confident open position
                 best = proposal.confidence.masked_fill(~selectable, float("-inf")).argmax(dim=1)
-                commit = commit | (torch.nn.functional.one_hot(best, total).bool() & stalled[:, None])
+                commit = commit | (torch.nn.functional.one_hot(best, total).bool() & torch.tensor(stalled)[:, None])
+                committed = [c + s for c, s in zip(committed, stalled)]
+            open_left = [n - c for n, c in zip(open_left, committed)]
             state.canvas = torch.where(commit, proposal.tokens, state.canvas)
             state.open = state.open ^ commit  # commit is a subset of open: this closes it
             reopen = None
@@ -366,11 +373,13 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                 if chosen is not None:
                     decided = ~state.open & state.block_mask & active[:, None]
                     reopen = _check_mask(comp, "remask", chosen, (batch, total)) & decided
-                    if bool(reopen.any()):
+                    reopened = reopen.sum(dim=1).tolist()
+                    if any(reopened):
                         fresh = session.initial_noise(batch, gen_len, generators)
                         fresh = torch.cat([prompt, fresh], dim=1)
                         state.canvas = torch.where(reopen, fresh, state.canvas)
                         state.open = state.open | reopen
+                        open_left = [n + r for n, r in zip(open_left, reopened)]
             if record_steps:
                 pipeline.broadcast("on_step_end", state=state, record=StepRecord(
                     step=state.step, block_index=block, block_step=state.block_step,
