@@ -24,7 +24,7 @@ import torch
 
 from .config import load_strategy, parse_override_value
 from .errors import ConfigError
-from .evaluate import add_model_arguments, evaluate, load_model, perturbation
+from .evaluate import add_model_arguments, evaluate, model_from_args, perturbation
 from .plots import pareto_front
 from .tasks import TASKS, get_task
 
@@ -451,7 +451,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if perturbation(args):
             raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature "
                               "and --logit-noise (noise would also make the two loops' outputs differ)")
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = model_from_args(args, decodes_tasks="bench --overhead")
         results = measure_overhead(model, tokenizer)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "overhead.json").write_text(json.dumps(results, indent=2))
@@ -463,12 +463,8 @@ def run_bench(args: argparse.Namespace) -> int:
     tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
     n = args.n or (32 if args.quick else 200)
     validate(settings, tasks)  # before loading anything
-    perturbed = perturbation(args)
-    if args.model == "toy":
-        raise ConfigError("bench decodes task prompts: it needs a model with a tokenizer (--model reference "
-                          "or a checkpoint directory), not the toy model")
-    model, tokenizer = load_model(args.model, **perturbed)
-    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), **perturbed}
+    model, tokenizer = model_from_args(args, decodes_tasks="bench")
+    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), **perturbation(args)}
     start = time.time()
     try:
         payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta)

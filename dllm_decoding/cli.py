@@ -187,14 +187,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The three reference presets side by side on the reference model."""
     import dllm_decoding as dd
-    from dllm_decoding.errors import ConfigError
     from dllm_decoding.evaluate import model_from_args
     from dllm_decoding.tasks import TASKS, decode_answer, encode_batch, get_task
 
-    if args.model == "toy":
-        raise ConfigError("demo decodes task prompts: it needs a model with a tokenizer (--model reference "
-                          "or a checkpoint directory), not the toy model")
-    model, tokenizer = model_from_args(args)
+    model, tokenizer = model_from_args(args, decodes_tasks="demo")
     presets = ["llada_low_confidence", "fast_dllm_threshold", "credit_decoding"]
     results = []
     tasks = args.tasks or list(TASKS)

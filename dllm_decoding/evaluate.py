@@ -185,8 +185,14 @@ def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float 
     return model, tokenizer
 
 
-def model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
-    return load_model(args.model, **perturbation(args))
+def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = None) -> tuple[Any, Any]:
+    """The model the arguments ask for. ``decodes_tasks``: the command's name when it decodes
+    task prompts, which need a tokenizer (so not the toy model)."""
+    perturbed = perturbation(args)
+    if decodes_tasks and args.model == "toy":
+        raise ConfigError(f"{decodes_tasks} decodes task prompts: it needs a model with a tokenizer "
+                          f"(--model reference or a checkpoint directory), not the toy model")
+    return load_model(args.model, **perturbed)
 
 
 def configure_eval_parser(p: argparse.ArgumentParser) -> None:
@@ -207,16 +213,12 @@ def run_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     overrides = parse_overrides(args.overrides)
     load_strategy(args.strategy, {"gen_length": task.gen_length, "block_length": task.gen_length, **overrides})
-    perturbed = perturbation(args)
-    if args.model == "toy":
-        raise ConfigError("eval decodes task prompts: it needs a model with a tokenizer (--model reference "
-                          "or a checkpoint directory), not the toy model")
-    model, tokenizer = load_model(args.model, **perturbed)
+    model, tokenizer = model_from_args(args, decodes_tasks="eval")
     with torch.no_grad():
         result = evaluate(model, tokenizer, args.strategy, task, args.n, split=args.split,
                           batch_size=args.batch_size, overrides=overrides, seed=args.seed,
                           keep_predictions=args.predictions)
-    result.update(model=args.model, **perturbed)
+    result.update(model=args.model, **perturbation(args))
     if not args.predictions:
         result.pop("nfe")
     text = json.dumps(result, indent=2)

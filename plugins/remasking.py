@@ -6,7 +6,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dllm_decoding import Component, hookimpl
-from dllm_decoding.plugins.scoring import in_block
+from dllm_decoding.plugins.scoring import in_block, whole_row
 
 
 class LowConfidenceRemaskOptions(BaseModel):
@@ -34,9 +34,7 @@ class LowConfidenceRemask(Component):
         k = min(self.options.max_per_step, weak.shape[1])
         order = current.masked_fill(~weak, float("inf")).topk(k, dim=1, largest=False).indices
         chosen = torch.zeros_like(weak).scatter(1, order, True)
-        out = torch.zeros_like(commit)
-        out[:, start:end] = chosen & weak
-        return out
+        return whole_row(state, chosen & weak, fill=False)
 
 
 @hookimpl

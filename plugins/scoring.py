@@ -34,10 +34,17 @@ def in_block(state, logits: torch.Tensor, precision: str) -> torch.Tensor:
     return block if block.dtype == dtype else block.to(dtype)
 
 
-def whole_row(state, block_values: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` with ``block_values`` in the current block and -inf (cannot commit now) elsewhere."""
+def whole_row(state, block_values: torch.Tensor, fill: float | bool = float("-inf")) -> torch.Tensor:
+    """``(B, T)`` with ``block_values`` in the current block and ``fill`` elsewhere (-inf: cannot
+    commit now; ``False`` for masks)."""
     after = state.canvas.shape[1] - state.block_end
-    return torch.nn.functional.pad(block_values, (state.block_start, after), value=float("-inf"))
+    return torch.nn.functional.pad(block_values, (state.block_start, after), value=fill)
+
+
+def block_negative_entropy(state, logits: torch.Tensor, precision: str) -> torch.Tensor:
+    """``(B, L)``: minus the entropy of each current-block position's distribution."""
+    logp = torch.log_softmax(in_block(state, logits, precision), dim=-1)
+    return (logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
 
 
 class PrecisionOptions(BaseModel):
@@ -85,8 +92,7 @@ class NegativeEntropy(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        logp = torch.log_softmax(in_block(state, logits, self.options.precision), dim=-1)
-        neg_entropy = (logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
+        neg_entropy = block_negative_entropy(state, logits, self.options.precision)
         return Proposal(tokens=tokens, confidence=whole_row(state, neg_entropy), logits=logits)
 
 

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dllm_decoding import Component, hookimpl
-from dllm_decoding.plugins.scoring import in_block
+from dllm_decoding.plugins.scoring import block_negative_entropy, whole_row
 
 NEG_INF = float("-inf")
 
@@ -157,17 +157,14 @@ class EntropyBound(Component):
 
     @hookimpl
     def select(self, state, proposal):
-        start, end = state.block_start, state.block_end  # only the block can commit: score it alone
-        logp = torch.log_softmax(in_block(state, proposal.logits, "float64"), dim=-1)
-        entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
-        entropy = entropy.masked_fill(~state.selectable[:, start:end], float("inf"))
+        # only the block can commit: score it alone
+        entropy = -block_negative_entropy(state, proposal.logits, "float64")
+        entropy = entropy.masked_fill(~state.selectable[:, state.block_start:state.block_end], float("inf"))
         ordered, index = entropy.sort(dim=1, stable=True)
         finite = torch.isfinite(ordered)
         excess = torch.cumsum(ordered.masked_fill(~finite, 0.0), dim=1) - ordered.masked_fill(~finite, 0.0)
         keep = finite & (excess <= self.options.gamma)
-        out = torch.zeros_like(state.selectable)
-        out[:, start:end] = torch.zeros_like(keep).scatter(1, index, keep)
-        return out
+        return whole_row(state, torch.zeros_like(keep).scatter(1, index, keep), fill=False)
 
 
 @hookimpl

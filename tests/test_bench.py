@@ -41,7 +41,9 @@ def test_settings_parse_and_validate_before_work(monkeypatch):
 
 
 def test_cli_rejects_bad_names_before_loading_a_model(capsys, monkeypatch):
-    monkeypatch.setattr(bench, "load_model", lambda *a: pytest.fail("model loaded before validation"))
+    from dllm_decoding import evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
     assert cli.main(["bench", "--setting", "fast_dllm_threshold:select.treshold=0.5", "--out", "/tmp/x"]) == 2
     assert "unknown option 'treshold'" in capsys.readouterr().err
     assert cli.main(["bench", "--tasks", "sorting", "--out", "/tmp/x"]) == 2
