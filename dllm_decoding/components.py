@@ -7,6 +7,7 @@ hook. A strategy names components by ``name``; the core instantiates each with i
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -42,7 +43,7 @@ class Component:
             raise TypeError("pass either an options object or keyword options, not both")
         self.options = options
 
-    @property
+    @cached_property
     def state_key(self) -> str:
         """Key of this instance's per-decode memory in ``state.plugin_state``."""
         return f"{self.name}@{id(self):x}"

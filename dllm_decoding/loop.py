@@ -88,25 +88,26 @@ class Pipeline:
 
     def first(self, hook: str, **kwargs: Any) -> Any:
         comp, caller = self._callers[hook][0]
-        tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-        if isinstance(kwargs.get("proposal"), Proposal):
-            p = kwargs["proposal"]
-            tensors.update(tokens=p.tokens, confidence=p.confidence, logits=p.logits)
-        return comp, self._guarded(hook, comp, caller, tensors, **kwargs)
+        inputs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        proposal = kwargs.get("proposal")
+        if isinstance(proposal, Proposal):
+            inputs.update(tokens=proposal.tokens, confidence=proposal.confidence, logits=proposal.logits)
+        return comp, self._guarded(hook, comp, caller, inputs, **kwargs)
 
     def _guarded(self, hook: str, comp: Component, caller: Any,
-                 tensors: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+                 inputs: dict[str, torch.Tensor], **kwargs: Any) -> Any:
         """Call one component, failing loudly if it modified any input in place (tensor
         version counters make the check free)."""
         state = kwargs["state"]
-        tensors.update({"state.canvas": state.canvas, "state.open": state.open,
-                        "state.block_mask": state.block_mask, "state.selectable": state.selectable,
-                        "state.active_rows": state.active_rows})
-        versions = [v._version for v in tensors.values()]
+        watched = (*inputs.values(), state.canvas, state.open, state.block_mask, state.selectable,
+                   state.active_rows)
+        versions = [t._version for t in watched]
         result = self.call(hook, comp, caller, **kwargs)
-        if versions != [v._version for v in tensors.values()]:
-            changed = [k for (k, v), before in zip(tensors.items(), versions) if v._version != before]
-            raise PluginError(f"component {comp.name!r} modified its input {changed[0]!r} in place "
+        if versions != [t._version for t in watched]:
+            names = [*inputs, "state.canvas", "state.open", "state.block_mask", "state.selectable",
+                     "state.active_rows"]
+            changed = next(n for n, t, v in zip(names, watched, versions) if t._version != v)
+            raise PluginError(f"component {comp.name!r} modified its input {changed!r} in place "
                               f"in hook {hook!r}; hooks must return new tensors (x = x + y, not "
                               f"x += y)")
         return result
@@ -190,8 +191,8 @@ def _check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
         real = None
         attention_mask = torch.ones_like(prompt_ids)
     else:
-        attention_mask = _check_attention_mask(attention_mask, tuple(prompt_ids.shape))
-        real = attention_mask.bool()
+        attention_mask, padded = _check_attention_mask(attention_mask, tuple(prompt_ids.shape))
+        real = attention_mask.bool() if padded else None
     bad = (prompt_ids < 0) | (prompt_ids >= vocab_size)
     if mask_id is not None:
         bad = bad | (prompt_ids == mask_id)
@@ -211,19 +212,22 @@ def _check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
     return prompt_ids, attention_mask
 
 
-def _check_attention_mask(attention_mask: Any, shape: tuple[int, int]) -> torch.Tensor:
+def _check_attention_mask(attention_mask: Any, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
+    """The mask as a long tensor, and whether it pads anything."""
     attention_mask = torch.as_tensor(attention_mask)
     if attention_mask.dim() == 1:
         attention_mask = attention_mask[None]
     if tuple(attention_mask.shape) != shape:
         raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected the "
                          f"prompt's shape {shape}")
+    if bool((attention_mask == 1).all()):  # no padding, the common case: one check
+        return attention_mask.to(torch.long), False
     binary = (attention_mask == 0) | (attention_mask == 1)
     attention_mask = attention_mask.to(torch.long)
     left_padded = attention_mask.diff(dim=1) >= 0
     has_token = attention_mask[:, -1] == 1  # left padding: a row with a token ends with one
-    if bool(binary.all() & left_padded.all() & has_token.all()):  # one check on the common path
-        return attention_mask
+    if bool(binary.all() & left_padded.all() & has_token.all()):  # one check on the padded path
+        return attention_mask, True
     if not bool(binary.all()):
         raise InputError("attention_mask must contain only 0 (padding) and 1 (token)")
     if not bool(left_padded.all()):
@@ -321,8 +325,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         steps_per_block=strat.steps_per_block, mask_id=mask_id, vocab_size=vocab,
         temperature=strat.temperature, generators=generators, eos_id=eos_id,
         active_rows=torch.ones(batch, dtype=torch.bool),
-        finished_rows=torch.zeros(batch, dtype=torch.bool),
-        nfe=torch.zeros(batch, dtype=torch.long))
+        finished_rows=torch.zeros(batch, dtype=torch.bool), forwards_per_row=[0] * batch)
     remask_budget = strat.max_steps_per_block or 2 * block_len
     all_rows = torch.ones(batch, dtype=torch.bool)  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
@@ -350,7 +353,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                 full = logits.new_zeros(batch, total, vocab)
                 full[rows] = logits
                 logits = full
-            state.nfe = state.nfe + (1 if rows is None else active.long())
+            state.forwards_per_row = [n + a for n, a in zip(state.forwards_per_row, active_list)]
             fused = pipeline.fuse(state, logits)
             session.observe_fused(fused if rows is None else fused[rows], rows)
             comp, proposal = pipeline.first("score", state=state, logits=fused)

@@ -46,7 +46,7 @@ class DecodeState:
     step: int = 0  # steps taken in the whole decode
     active_rows: torch.Tensor | None = None  # (B,) bool: rows decoded in this step
     finished_rows: torch.Tensor | None = None  # (B,) bool: rows done (EOS early stop)
-    nfe: torch.Tensor | None = None  # (B,) long: forwards each row has cost
+    forwards_per_row: list[int] = field(default_factory=list)  # kept as ints: no tensor op per step
     plugin_state: dict[str, Any] = field(default_factory=dict)
     _block_mask: Any = field(default=None, repr=False, compare=False)
     _selectable: Any = field(default=None, repr=False, compare=False)
@@ -59,6 +59,11 @@ class DecodeState:
         for row in self.active_rows.nonzero().flatten().tolist():
             out[row] = torch.rand(shape, generator=self.generators[row], dtype=dtype)
         return out
+
+    @property
+    def nfe(self) -> torch.Tensor:
+        """(B,) long: forwards each row has cost so far."""
+        return torch.tensor(self.forwards_per_row, dtype=torch.long)
 
     @property
     def batch_size(self) -> int:

@@ -41,7 +41,9 @@ def top_k_mask(confidence: torch.Tensor, k: int | torch.Tensor, start: int = 0,
             return torch.zeros_like(confidence, dtype=torch.bool)
         values, index = block.topk(k_max, dim=1)
         keep = (torch.arange(k_max)[None, :] < k[:, None]) & (values > NEG_INF)
-    return torch.zeros_like(confidence, dtype=torch.bool).scatter(1, index + start if start else index, keep)
+    mask = torch.zeros_like(confidence, dtype=torch.bool)
+    mask[:, start:end].scatter_(1, index, keep)  # into the block's view: no shifted index copy
+    return mask
 
 
 class TopKOptions(BaseModel):

@@ -260,3 +260,26 @@ def test_scorers_score_the_current_block_only_and_exactly(scorer):
         assert torch.equal(proposal.confidence[:, start:end], full[:, start:end]), cls.__name__
         outside = torch.cat([proposal.confidence[:, :start], proposal.confidence[:, end:]], dim=1)
         assert bool((outside == float("-inf")).all())
+
+
+def test_state_nfe_counts_each_rows_forwards_during_the_decode():
+    # row 0 stops at EOS after its first block; row 1 decodes all four blocks
+    eos = 4
+    answers = torch.tensor([[1, eos, 1, 2, 3, 1, 2, 3], [1, 2, 3, 1, 2, 3, 1, 2]])
+    model = ScriptedModel(answers, vocab_size=V, mask_id=MASK, confidence=[[0.5] * 8])
+    seen = []
+
+    class NfeSpy(dd.Component):
+        name, hook_point = "nfe_spy", "observer"
+
+        @dd.hookimpl
+        def on_step_end(self, state, record):
+            seen.append((state.nfe.tolist(), record.active_rows.tolist()))
+
+    out = dd.generate(model, torch.tensor([[0, 1], [1, 0]]), "llada_low_confidence", gen_length=8,
+                      block_length=2, steps=8, eos_id=eos, observers=[NfeSpy()])
+    previous = [0, 0]
+    for nfe, active in seen:
+        assert nfe == [p + a for p, a in zip(previous, active)]
+        previous = nfe
+    assert out.nfe.tolist() == previous == [2, 8]
