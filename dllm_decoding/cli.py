@@ -205,17 +205,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             correct = [task.check(a, e) for a, e in zip(answers, examples)]
             results.append({"task": task.name, "strategy": preset, "prompt": examples[0].prompt,
                             "answer": answers[0], "expected": examples[0].answer,
-                            "accuracy": sum(correct) / len(correct),
+                            "answer_correct": correct[0], "accuracy": sum(correct) / len(correct),
                             "mean_nfe": float(out.nfe.double().mean()), "gen_length": task.gen_length})
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"reference model, {args.n} test examples per task; first example shown\n")
-    print("| task | strategy | first answer | expected | accuracy | mean NFE |")
+    print("| task | strategy | first answer | reference answer | accuracy | mean NFE |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['task']} | {r['strategy']} | `{r['answer']}` | `{r['expected']}` | "
+        verdict = "right" if r["answer_correct"] else "wrong"
+        print(f"| {r['task']} | {r['strategy']} | `{r['answer']}` ({verdict}) | `{r['expected']}` | "
               f"{100 * r['accuracy']:.0f}% | {r['mean_nfe']:.1f} / {r['gen_length']} |")
+    other_valid = sorted({r["task"] for r in results if r["answer_correct"] and r["answer"] != r["expected"]})
+    if other_valid:  # tasks with several valid answers: the reference is only one of them
+        print(f"\n{', '.join(other_valid)}: several answers are valid; the reference is one of them.")
     return 0
 
 

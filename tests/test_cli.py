@@ -100,3 +100,20 @@ def test_eval_on_an_under_confident_model_says_so(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["logit_temperature"] == 3.0 and result["model"] == "reference"
     assert result["nfe_mean"] > 1.5  # at 0.9 the flattened confidences rarely pass in one step
+
+
+def test_demo_marks_each_first_answer_and_explains_tasks_with_several_valid_answers(capsys):
+    assert cli.main(["demo", "--tasks", "complement", "copy", "--n", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["task"], r["strategy"]) for r in rows][:3] == [
+        ("complement", s) for s in ("llada_low_confidence", "fast_dllm_threshold", "credit_decoding")]
+    for r in rows:
+        assert isinstance(r["answer_correct"], bool) and 0 <= r["accuracy"] <= 1
+        if r["answer"] == r["expected"]:
+            assert r["answer_correct"]
+    assert cli.main(["demo", "--tasks", "complement", "copy", "--n", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "| task | strategy | first answer | reference answer | accuracy | mean NFE |" in table
+    assert "(right)" in table or "(wrong)" in table
+    if any(r["answer_correct"] and r["answer"] != r["expected"] for r in rows):
+        assert "several answers are valid; the reference is one of them" in table
