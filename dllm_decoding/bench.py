@@ -24,7 +24,7 @@ import torch
 
 from .config import load_strategy, parse_override_value
 from .errors import ConfigError
-from .evaluate import add_model_arguments, evaluate, model_from_args, perturbation
+from .evaluate import add_model_arguments, evaluate, model_from_args, model_options
 from .plots import pareto_front
 from .tasks import TASKS, get_task
 
@@ -247,13 +247,15 @@ def _overhead_table(over: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _perturbation(meta: dict[str, Any], lead: str) -> str:
-    """How the model's logits were perturbed (bench --logit-temperature / --logit-noise), or ''."""
+def _model_changes(meta: dict[str, Any], lead: str) -> str:
+    """How the model was changed (--logit-temperature, --logit-noise, --kv-cache), or ''."""
     parts = []
     if meta.get("logit_temperature", 1.0) != 1.0:
         parts.append(f"logits divided by {meta['logit_temperature']:g}")
     if meta.get("logit_noise"):
         parts.append(f"Gaussian noise of std {meta['logit_noise']:g} added to the logits at every forward")
+    if meta.get("kv_cache"):
+        parts.append(f"decoded with the {meta['kv_cache']!r} key-value cache")
     return lead + " and ".join(parts) if parts else ""
 
 
@@ -277,7 +279,7 @@ def markdown(payload: dict[str, Any]) -> str:
     summary = summarise(results)
     meta = payload["meta"]
     lines = [f"Model `{meta.get('model', 'reference')}`, test split, n = {meta['n']} per task"
-             + _perturbation(meta, ", ")
+             + _model_changes(meta, ", ")
              + (" (INTERRUPTED: partial)" if payload.get("interrupted") else ""), "",
              "### Mean over tasks", "", *_mean_table(summary),
              "", "### AUP per strategy (d3LLM definition, alpha = 3)", "", *_aup_table(summary)]
@@ -448,9 +450,9 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.overhead:
-        if perturbation(args):
-            raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature "
-                              "and --logit-noise (noise would also make the two loops' outputs differ)")
+        if model_options(args):
+            raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature, "
+                              "--logit-noise and --kv-cache (the bare loop has none of them)")
         model, tokenizer = model_from_args(args, decodes_tasks="bench --overhead")
         results = measure_overhead(model, tokenizer)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -464,7 +466,7 @@ def run_bench(args: argparse.Namespace) -> int:
     n = args.n or (32 if args.quick else 200)
     validate(settings, tasks)  # before loading anything
     model, tokenizer = model_from_args(args, decodes_tasks="bench")
-    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), **perturbation(args)}
+    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), **model_options(args)}
     start = time.time()
     try:
         payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta)
@@ -543,7 +545,7 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
              "```bash", command, "```", "",
              f"Model: `{meta.get('model', 'reference')}`; test split; n = {meta['n']} examples per task; "
              f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}"
-             + _perturbation(meta, "; ") + "."
+             + _model_changes(meta, "; ") + "."
              + (" **Interrupted run: partial results.**" if payload.get("interrupted") else ""), "",
              "Definitions: **NFE** = model forwards a sample cost; **TPF** = answer tokens (EOS fill "
              "included) / NFE, averaged over samples; **AUP** = accuracy under parallelism (d3LLM): the "

@@ -31,6 +31,7 @@ import torch
 
 from .config import load_strategy, parse_overrides
 from .errors import ConfigError
+from .models import KV_CACHE_MODES, HFMaskedDiffusionModel
 from .loop import generate
 from .tasks import Task, decode_answer, encode_batch, get_task
 
@@ -133,17 +134,22 @@ class PerturbedLogits(torch.nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         self.eval()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Any:
-        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits / self.tau
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                use_cache: bool = False, key_values: Any = None, window_start: int = 0) -> Any:
+        cache_args = {"use_cache": True} if use_cache else {}
+        if key_values is not None:  # a cached window (HFMaskedDiffusionModel(kv_cache=...))
+            cache_args.update(key_values=key_values, window_start=window_start)
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, **cache_args)
+        logits = out.logits / self.tau
         if self.noise:
             jitter = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
             # keep -inf entries (tokens the model rules out, e.g. [MASK]) ruled out
             logits = logits + self.noise * jitter.masked_fill(torch.isinf(logits), 0.0)
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits, key_values=getattr(out, "key_values", None))
 
 
 def add_model_arguments(p: argparse.ArgumentParser, *, toy: bool = False) -> None:
-    """``--model`` and the logit perturbations, the same for every command that decodes."""
+    """``--model``, the logit perturbations and the key-value cache, the same for every command that decodes."""
     p.add_argument("--model", default="reference",
                    help="'reference', 'toy' or a local checkpoint directory" if toy
                    else "'reference' or a local checkpoint directory")
@@ -153,26 +159,36 @@ def add_model_arguments(p: argparse.ArgumentParser, *, toy: bool = False) -> Non
     p.add_argument("--logit-noise", type=float, default=0.0, metavar="SIGMA",
                    help="add Gaussian noise of this standard deviation to the logits at every forward "
                         "(seeded): confidence that fluctuates from step to step")
+    p.add_argument("--kv-cache", choices=KV_CACHE_MODES, default=None,
+                   help="Fast-dLLM's key-value cache: each block's first step runs the whole sequence, later "
+                        "steps compute only the block ('dual') or the block and what follows ('prefix') "
+                        "against the cached keys and values; approximate, faster (default: no cache)")
 
 
-def perturbation(args: argparse.Namespace) -> dict[str, float]:
-    """The logit perturbation the arguments ask for ({} for none), checked before any work."""
-    tau, noise = args.logit_temperature, args.logit_noise
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How the arguments change the model ({} for none: logit perturbations and the key-value
+    cache), checked before any work."""
+    tau, noise, kv_cache = args.logit_temperature, args.logit_noise, args.kv_cache
     if not (math.isfinite(tau) and tau > 0):
         raise ConfigError(f"--logit-temperature must be a positive number, got {tau}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ConfigError(f"--logit-noise must be a number >= 0, got {noise}")
-    if tau == 1.0 and noise == 0.0:
-        return {}
-    if args.model == "toy":
-        raise ConfigError("--logit-temperature / --logit-noise need a checkpoint model; the toy model "
-                          "is a plain function (use --model reference)")
-    return {"logit_temperature": tau, "logit_noise": noise}
+    options: dict[str, Any] = {}
+    if tau != 1.0 or noise != 0.0:
+        options.update(logit_temperature=tau, logit_noise=noise)
+    if kv_cache is not None:
+        options.update(kv_cache=kv_cache)
+    if options and args.model == "toy":
+        raise ConfigError("--logit-temperature, --logit-noise and --kv-cache need a checkpoint model; the "
+                          "toy model is a plain function (use --model reference)")
+    return options
 
 
-def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0) -> tuple[Any, Any]:
+def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0,
+               kv_cache: str | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``reference``, ``toy`` (tokenizer None) or a local checkpoint
-    directory, its logits perturbed when asked (:class:`PerturbedLogits`)."""
+    directory, its logits perturbed when asked (:class:`PerturbedLogits`) and decoded with a
+    key-value cache when asked (``HFMaskedDiffusionModel(kv_cache=...)``)."""
     if name == "toy":
         from .testing import ContextModel
 
@@ -182,17 +198,19 @@ def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float 
     model, tokenizer = load_reference_model(None if name == "reference" else name)
     if logit_temperature != 1.0 or logit_noise:
         model = PerturbedLogits(model, logit_temperature, logit_noise)
+    if kv_cache is not None:
+        model = HFMaskedDiffusionModel(model, kv_cache=kv_cache)
     return model, tokenizer
 
 
 def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = None) -> tuple[Any, Any]:
     """The model the arguments ask for. ``decodes_tasks``: the command's name when it decodes
     task prompts, which need a tokenizer (so not the toy model)."""
-    perturbed = perturbation(args)
+    options = model_options(args)
     if decodes_tasks and args.model == "toy":
         raise ConfigError(f"{decodes_tasks} decodes task prompts: it needs a model with a tokenizer "
                           f"(--model reference or a checkpoint directory), not the toy model")
-    return load_model(args.model, **perturbed)
+    return load_model(args.model, **options)
 
 
 def configure_eval_parser(p: argparse.ArgumentParser) -> None:
@@ -218,7 +236,7 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate(model, tokenizer, args.strategy, task, args.n, split=args.split,
                           batch_size=args.batch_size, overrides=overrides, seed=args.seed,
                           keep_predictions=args.predictions)
-    result.update(model=args.model, **perturbation(args))
+    result.update(model=args.model, **model_options(args))
     if not args.predictions:
         result.pop("nfe")
     text = json.dumps(result, indent=2)

@@ -333,6 +333,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     for block in range(strat.gen_length // block_len):
         state.block_index, state.block_step = block, 0
         start, end = state.block_start, state.block_end
+        session.start_block(start, end)
         pipeline.broadcast("on_block_start", state=state)
         # open positions of this block per row, kept as Python ints: one sync per step then
         # serves both the progress check and the next step's active rows. Finished (EOS) rows

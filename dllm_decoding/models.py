@@ -38,6 +38,10 @@ class DecodeSession:
     def observe_fused(self, logits: torch.Tensor, rows: torch.Tensor | None) -> None:
         """The fused logits of this step (for self-conditioning models); ignored by default."""
 
+    def start_block(self, start: int, end: int) -> None:
+        """Block ``[start, end)`` (canvas columns) begins; sessions that cache per block reset
+        here. Ignored by default."""
+
     def rows_mask(self, rows: torch.Tensor | None) -> torch.Tensor:
         return self.attention_mask if rows is None else self.attention_mask[rows]
 
@@ -100,18 +104,55 @@ class _HFSession(DecodeSession):
         super().__init__(denoiser, attention_mask)
         # decided once per decode: without padding the model needs no mask at all
         self.pass_mask = denoiser.takes_attention_mask and bool((attention_mask == 0).any())
+        self.block: tuple[int, int] | None = None
+        # (rows, every layer's keys and values, logits) of the current block's first forward
+        self.cache: tuple[torch.Tensor | None, Any, torch.Tensor] | None = None
+
+    def start_block(self, start, end):
+        self.block, self.cache = (start, end), None
+
+    def _call(self, input_ids: torch.Tensor, rows: torch.Tensor | None, **extra: Any) -> Any:
+        den: HFMaskedDiffusionModel = self.denoiser  # type: ignore[assignment]
+        if self.pass_mask:
+            extra["attention_mask"] = self.rows_mask(rows)
+        with torch.no_grad():
+            out = den.model(input_ids=input_ids, **extra)
+        return out
 
     def forward(self, canvas, rows):
         den: HFMaskedDiffusionModel = self.denoiser  # type: ignore[assignment]
-        kwargs: dict[str, Any] = {"input_ids": canvas}
-        if self.pass_mask:
-            kwargs["attention_mask"] = self.rows_mask(rows)
-        with torch.no_grad():
-            out = den.model(**kwargs)
+        if den.kv_cache is not None and self.block is not None:
+            return self._cached_forward(canvas, rows)
+        out = self._call(canvas, rows)
         logits = out.logits if hasattr(out, "logits") else out[0]
         if den.shift_logits:  # Dream-style: logits[:, i] predicts token i + 1
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+    def _cached_forward(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """Fast-dLLM's key-value cache: the block's first step runs the whole canvas and keeps
+        every layer's keys and values; later steps of the block compute only a window (the block
+        for ``dual``, the block and everything after it for ``prefix``) and attend to the cached
+        keys elsewhere. Logits outside the window are those of the block's first step."""
+        den: HFMaskedDiffusionModel = self.denoiser  # type: ignore[assignment]
+        start, end = self.block
+        stop = end if den.kv_cache == "dual" else canvas.shape[1]
+        if self.cache is None:
+            out = self._call(canvas, rows, use_cache=True)
+            self.cache = (rows, out.key_values, out.logits)
+            return out.logits
+        cache_rows, key_values, first_logits = self.cache
+        if rows is not None and (cache_rows is None or rows.numel() != cache_rows.numel()):
+            # rows only leave a block (they finish it), so they are a subset of the cached ones
+            pick = rows if cache_rows is None else torch.searchsorted(cache_rows, rows)
+            key_values = tuple((k[pick], v[pick]) for k, v in key_values)
+            first_logits = first_logits[pick]
+            self.cache = (rows, key_values, first_logits)
+        window = self._call(canvas[:, start:stop], rows, key_values=key_values, window_start=start).logits
+        return torch.cat([first_logits[:, :start], window, first_logits[:, stop:]], dim=1)
+
+
+KV_CACHE_MODES = ("prefix", "dual")
 
 
 class HFMaskedDiffusionModel(Denoiser):
@@ -119,7 +160,7 @@ class HFMaskedDiffusionModel(Denoiser):
     models whose logits predict the next position)."""
 
     def __init__(self, model: torch.nn.Module, *, mask_id: int | None = None,
-                 shift_logits: bool = False) -> None:
+                 shift_logits: bool = False, kv_cache: str | None = None) -> None:
         config = getattr(model, "config", None)
         if mask_id is None:
             mask_id = getattr(config, "mask_token_id", None)
@@ -138,16 +179,35 @@ class HFMaskedDiffusionModel(Denoiser):
         self.shift_logits = shift_logits
         self.name = getattr(config, "name_or_path", None) or type(model).__name__
         self.takes_attention_mask = _takes_attention_mask(type(model))
+        if kv_cache is not None:
+            if kv_cache not in KV_CACHE_MODES:
+                raise InputError(f"kv_cache={kv_cache!r} is not a cache mode; use one of "
+                                 f"{', '.join(map(repr, KV_CACHE_MODES))} or None (no cache)")
+            if shift_logits:
+                raise InputError("kv_cache needs logits aligned with their positions; it does not "
+                                 "support shift_logits=True (Dream-style) models")
+            missing = {"use_cache", "key_values", "window_start"} - _forward_parameters(type(model))
+            if missing:
+                raise InputError(f"kv_cache={kv_cache!r}: {type(model).__name__}.forward does not take "
+                                 f"{', '.join(sorted(missing))}; a cached decode needs a model that returns "
+                                 f"every layer's keys and values (use_cache=True -> out.key_values) and "
+                                 f"computes a window of positions against them (key_values=..., "
+                                 f"window_start=...), as the reference model does")
+        self.kv_cache = kv_cache
 
     def start_session(self, attention_mask):
         return _HFSession(self, attention_mask)
 
 
 @functools.lru_cache(maxsize=256)
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    """The parameter names of ``model_class.forward`` (inspect.signature is slow: asked once
+    per class, not per generate call)."""
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
 def _takes_attention_mask(model_class: type) -> bool:
-    """Whether ``model_class.forward`` accepts ``attention_mask`` (inspect.signature is slow:
-    asked once per class, not per generate call)."""
-    return "attention_mask" in inspect.signature(model_class.forward).parameters
+    return "attention_mask" in _forward_parameters(model_class)
 
 
 def as_denoiser(model: Any) -> Denoiser:

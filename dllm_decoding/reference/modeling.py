@@ -7,6 +7,8 @@ output head, a dedicated mask token. Registered with transformers' Auto classes,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,15 +68,31 @@ class Block(nn.Module):
         self.gate_up = nn.Linear(d, 2 * config.intermediate_size, bias=False)
         self.down = nn.Linear(config.intermediate_size, d, bias=False)
 
-    def forward(self, x, cos, sin, key_mask):
+    def forward(self, x, cos, sin, key_mask, cached=None, window_start=0):
+        """``x`` holds the positions being computed. With ``cached`` (this layer's keys and
+        values of every position, from an earlier full forward), they are a window starting at
+        ``window_start`` and attend to the cached keys outside it. Returns the new hidden
+        states and this layer's (keys, values) over every position."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(b, t, 3, self.heads, self.head_dim).unbind(2)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (b, h, t, hd)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if cached is not None:
+            end = window_start + t
+            k = torch.cat([cached[0][:, :, :window_start], k, cached[0][:, :, end:]], dim=2)
+            v = torch.cat([cached[1][:, :, :window_start], v, cached[1][:, :, end:]], dim=2)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # bidirectional
         x = x + self.out(attn.transpose(1, 2).reshape(b, t, d))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        return x + self.down(F.silu(gate) * up), (k, v)
+
+
+@dataclass
+class ReferenceOutput(MaskedLMOutput):
+    """``MaskedLMOutput`` plus every layer's (keys, values) over all positions, when asked for
+    (``use_cache=True``)."""
+
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
 
 
 class ReferenceModelForMaskedLM(PreTrainedModel):
@@ -111,28 +129,44 @@ class ReferenceModelForMaskedLM(PreTrainedModel):
         return never
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs) -> MaskedLMOutput:
+                labels: torch.Tensor | None = None, use_cache: bool = False,
+                key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+                window_start: int = 0, **kwargs) -> ReferenceOutput:
         """``logits[:, i]`` predicts token ``i``. ``attention_mask`` (B, T) of 0/1 marks real
         tokens (left padding): padded keys are never attended to and RoPE positions count real
         tokens only, so a row gives the same logits alone as inside a padded batch. ``labels``
-        (optional, -100 = ignore) gives a plain cross-entropy ``loss``."""
+        (optional, -100 = ignore) gives a plain cross-entropy ``loss``.
+
+        Key-value cache (Fast-dLLM's dual cache): ``use_cache=True`` also returns every layer's
+        keys and values (``key_values``). Passing them back with ``input_ids`` of a window
+        of positions ``[window_start, window_start + L)`` computes only that window, attending
+        to the cached keys and values elsewhere; the logits are then ``(B, L, V)`` and
+        ``attention_mask``, if given, covers all ``T`` positions."""
         b, t = input_ids.shape
+        total = t if key_values is None else key_values[0][0].shape[2]
+        if key_values is not None and not 0 <= window_start <= total - t:
+            raise ValueError(f"window [{window_start}, {window_start + t}) is outside the cached "
+                             f"{total} positions")
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(b, total, dtype=torch.long, device=input_ids.device)
         attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
         # positions count real tokens only, so left padding does not shift them
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0).to(torch.float32)
+        positions = positions[:, window_start:window_start + t]
         angles = positions[:, None, :, None] * self._inv_freq(input_ids.device)  # (b, 1, t, hd/2)
         cos, sin = angles.cos(), angles.sin()
-        key_mask = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, t): never attend to padding
+        key_mask = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, T): never attend to padding
         x = self.embed(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, key_mask)
+        present = []
+        for i, layer in enumerate(self.layers):
+            cached = None if key_values is None else key_values[i]
+            x, layer_key_values = layer(x, cos, sin, key_mask, cached, window_start)
+            present.append(layer_key_values)
         logits = self.lm_head(self.norm(x)) + self._never(x.device)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits)
+        return ReferenceOutput(loss=loss, logits=logits, key_values=tuple(present) if use_cache else None)
 
 
 AutoConfig.register(MODEL_TYPE, ReferenceConfig, exist_ok=True)

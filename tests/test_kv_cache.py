@@ -1,0 +1,136 @@
+"""Fast-dLLM's key-value cache (HFMaskedDiffusionModel(kv_cache=...)) on the reference model."""
+
+import json
+
+import pytest
+import torch
+
+import dllm_decoding as dd
+from dllm_decoding import cli
+from dllm_decoding.reference import load_reference_model
+from dllm_decoding.tasks import TASKS, encode_batch
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_reference_model()
+
+
+def _prompts(tokenizer, task_name, n):
+    task = TASKS[task_name]
+    examples = task.examples("test", n)
+    prompt, mask = encode_batch(tokenizer, examples, task)
+    return task, examples, prompt, mask
+
+
+class _ShapeSpy(torch.nn.Module):
+    """The reference model, recording the width of every forward's input."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.widths = model, model.config, []
+        self.eval()
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False, key_values=None, window_start=0):
+        self.widths.append(input_ids.shape[1])
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache,
+                          key_values=key_values, window_start=window_start)
+
+
+def test_a_window_against_a_fresh_cache_equals_the_full_forward(reference):
+    model, tokenizer = reference
+    _, _, prompt, mask = _prompts(tokenizer, "insert", 3)  # rows of different lengths: left padding
+    ids = torch.cat([prompt, torch.randint(3, 40, (3, 12))], dim=1)
+    full_mask = torch.cat([mask, torch.ones(3, 12, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=full_mask, use_cache=True)
+        start = prompt.shape[1] + 4
+        window = model(input_ids=ids[:, start:start + 5], attention_mask=full_mask,
+                       key_values=full.key_values, window_start=start)
+        plain = model(input_ids=ids, attention_mask=full_mask)
+    assert plain.key_values is None and torch.equal(plain.logits, full.logits)
+    assert len(full.key_values) == model.config.num_hidden_layers
+    assert window.logits.shape == (3, 5, model.config.vocab_size)
+    torch.testing.assert_close(window.logits, full.logits[:, start:start + 5], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the cached"):
+        model(input_ids=ids[:, :5], key_values=full.key_values, window_start=ids.shape[1] - 2)
+
+
+def test_one_step_per_block_decodes_exactly_as_without_a_cache(reference):
+    # every block commits in its first step, whose forward is a full one: the cache is never used
+    model, tokenizer = reference
+    task, _, prompt, mask = _prompts(tokenizer, "sort", 6)
+    kw = dict(attention_mask=mask, gen_length=task.gen_length, block_length=4, steps=task.gen_length // 4)
+    plain = dd.generate(model, prompt, "llada_low_confidence", overrides={"select.k": 4}, **kw)
+    for mode in ("prefix", "dual"):
+        cached = dd.generate(dd.HFMaskedDiffusionModel(model, kv_cache=mode), prompt, "llada_low_confidence",
+                             overrides={"select.k": 4}, **kw)
+        assert torch.equal(cached.sequences, plain.sequences) and torch.equal(cached.nfe, plain.nfe)
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_later_steps_of_a_block_compute_only_the_window(reference, mode):
+    model, tokenizer = reference
+    task, _, prompt, mask = _prompts(tokenizer, "sort", 2)
+    spy = _ShapeSpy(model)
+    block = 6
+    out = dd.generate(dd.HFMaskedDiffusionModel(spy, kv_cache=mode), prompt, "llada_low_confidence",
+                      attention_mask=mask, gen_length=task.gen_length, block_length=block, steps=task.gen_length)
+    total, p = prompt.shape[1] + task.gen_length, prompt.shape[1]
+    per_block = block  # one token per step
+    expected = []
+    for b in range(task.gen_length // block):
+        start = p + b * block
+        window = block if mode == "dual" else total - start
+        expected += [total] + [window] * (per_block - 1)
+    assert spy.widths == expected
+    assert out.nfe.tolist() == [task.gen_length] * 2
+
+
+def test_a_cached_batch_decodes_as_its_rows_one_by_one(reference):
+    # rows finish a block at different steps: the cache follows the rows still decoding
+    model, tokenizer = reference
+    task, examples, prompt, mask = _prompts(tokenizer, "insert", 5)
+    cached = dd.HFMaskedDiffusionModel(model, kv_cache="dual")
+    kw = dict(gen_length=task.gen_length, block_length=12, overrides={"select.threshold": 0.95})
+    batched = dd.generate(cached, prompt, "fast_dllm_threshold", attention_mask=mask, **kw)
+    assert len(set(batched.nfe.tolist())) > 1  # the rows did leave blocks at different steps
+    for row, example in enumerate(examples):
+        p, m = encode_batch(tokenizer, [example], task)
+        alone = dd.generate(cached, p, "fast_dllm_threshold", attention_mask=m, **kw)
+        assert torch.equal(alone.answers[0], batched.answers[row])
+        assert int(alone.nfe[0]) == int(batched.nfe[row])
+
+
+def test_cache_settings_that_cannot_work_are_explained(reference):
+    model, _ = reference
+    with pytest.raises(dd.InputError, match="kv_cache='full' is not a cache mode; use one of 'prefix', 'dual'"):
+        dd.HFMaskedDiffusionModel(model, kv_cache="full")
+    with pytest.raises(dd.InputError, match="does not support shift_logits=True"):
+        dd.HFMaskedDiffusionModel(model, kv_cache="dual", shift_logits=True)
+
+    class NoCache(torch.nn.Module):
+        config = model.config
+
+        def forward(self, input_ids, attention_mask=None):
+            return model(input_ids=input_ids, attention_mask=attention_mask)
+
+    with pytest.raises(dd.InputError, match=r"NoCache.forward does not take key_values, use_cache, window_start"):
+        dd.HFMaskedDiffusionModel(NoCache(), kv_cache="prefix")
+
+
+def test_cli_kv_cache_option(capsys):
+    assert cli.main(["eval", "--task", "sort", "--n", "8", "--kv-cache", "dual", "--strategy",
+                     "llada_low_confidence", "--logit-temperature", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kv_cache"] == "dual" and result["logit_temperature"] == 2.0
+    assert result["nfe_mean"] == TASKS["sort"].gen_length and result["accuracy"] > 0.5
+    for argv, message in [
+        (["generate", "--model", "toy", "--prompt-ids", "1,2", "--kv-cache", "dual"], "toy model is a plain function"),
+        (["bench", "--overhead", "--kv-cache", "prefix"], "drop --logit-temperature, --logit-noise and --kv-cache"),
+    ]:
+        assert cli.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--task", "sort", "--kv-cache", "full"])
+    assert "invalid choice: 'full'" in capsys.readouterr().err
