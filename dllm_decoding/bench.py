@@ -24,7 +24,7 @@ import torch
 
 from .config import load_strategy, parse_override_value
 from .errors import ConfigError
-from .evaluate import add_model_arguments, evaluate, model_from_args, model_options
+from .evaluate import add_model_arguments, block_length, evaluate, model_from_args, model_options
 from .plots import pareto_front
 from .tasks import TASKS, get_task
 
@@ -109,10 +109,11 @@ def parse_settings(items: list[str]) -> list[Setting]:
     return out
 
 
-def validate(settings: list[Setting], tasks: list[str]) -> None:
-    """Every strategy, override and task name checked before any decoding starts."""
+def validate(settings: list[Setting], tasks: list[str], blocks: int = 1) -> None:
+    """Every strategy, override and task name (and the block split) checked before any
+    decoding starts."""
     for name in tasks:
-        get_task(name)
+        block_length(get_task(name), blocks)
     for s in settings:
         try:
             load_strategy(s.strategy, s.overrides)
@@ -128,11 +129,12 @@ def _write(out_dir: Path, payload: dict[str, Any]) -> None:
 
 
 def run(model: Any, tokenizer: Any, settings: list[Setting], tasks: list[str], n: int, out_dir: Path,
-        batch_size: int = 64, progress: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        batch_size: int = 64, progress: bool = True, meta: dict[str, Any] | None = None,
+        blocks: int = 1) -> dict[str, Any]:
     """Run the sweep; ``bench.json`` is rewritten after every finished (task, setting)."""
     from tqdm import tqdm
 
-    validate(settings, tasks)
+    validate(settings, tasks, blocks)
     payload: dict[str, Any] = {"meta": {**(meta or {}), "n": n, "tasks": tasks,
                                         "settings": [asdict(s) for s in settings]},
                                "results": [], "interrupted": False}
@@ -143,7 +145,7 @@ def run(model: Any, tokenizer: Any, settings: list[Setting], tasks: list[str], n
             bar.set_postfix_str(f"{task} {setting.label}"[:60])
             with torch.no_grad():
                 r = evaluate(model, tokenizer, setting.strategy, task, n, batch_size=batch_size,
-                             overrides=setting.overrides)
+                             overrides=setting.overrides, blocks=blocks)
             r["label"] = setting.label
             payload["results"].append(r)
             _write(out_dir, payload)
@@ -247,15 +249,18 @@ def _overhead_table(over: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _model_changes(meta: dict[str, Any], lead: str) -> str:
-    """How the model was changed (--logit-temperature, --logit-noise, --kv-cache), or ''."""
+def _run_conditions(meta: dict[str, Any], lead: str) -> str:
+    """How this run differs from the defaults (--logit-temperature, --logit-noise, --kv-cache, --blocks), or ''."""
     parts = []
     if meta.get("logit_temperature", 1.0) != 1.0:
         parts.append(f"logits divided by {meta['logit_temperature']:g}")
     if meta.get("logit_noise"):
         parts.append(f"Gaussian noise of std {meta['logit_noise']:g} added to the logits at every forward")
+    if meta.get("blocks", 1) != 1:
+        parts.append(f"answers decoded in {meta['blocks']} blocks")
     if meta.get("kv_cache"):
-        parts.append(f"decoded with the {meta['kv_cache']!r} key-value cache")
+        refresh = f", refreshed after every {meta['kv_refresh']} cached forwards" if meta.get("kv_refresh") else ""
+        parts.append(f"decoded with the {meta['kv_cache']!r} key-value cache{refresh}")
     return lead + " and ".join(parts) if parts else ""
 
 
@@ -279,7 +284,7 @@ def markdown(payload: dict[str, Any]) -> str:
     summary = summarise(results)
     meta = payload["meta"]
     lines = [f"Model `{meta.get('model', 'reference')}`, test split, n = {meta['n']} per task"
-             + _model_changes(meta, ", ")
+             + _run_conditions(meta, ", ")
              + (" (INTERRUPTED: partial)" if payload.get("interrupted") else ""), "",
              "### Mean over tasks", "", *_mean_table(summary),
              "", "### AUP per strategy (d3LLM definition, alpha = 3)", "", *_aup_table(summary)]
@@ -438,6 +443,7 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
                    help="a setting to run instead of the built-in sweep, e.g. credit_decoding:select.threshold=0.8 (repeatable)")
     p.add_argument("--n", type=int, help="test examples per task (default 200; --quick 32)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--blocks", type=int, default=1, help="decode each answer in this many equal blocks (default 1)")
     p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
     p.add_argument("--overhead", action="store_true", help="only measure framework vs bare-loop decode time")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and trace figures")
@@ -464,12 +470,14 @@ def run_bench(args: argparse.Namespace) -> int:
     settings = parse_settings(args.settings) if args.settings else SWEEPS["quick" if args.quick else "full"]
     tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
     n = args.n or (32 if args.quick else 200)
-    validate(settings, tasks)  # before loading anything
+    validate(settings, tasks, args.blocks)  # before loading anything
     model, tokenizer = model_from_args(args, decodes_tasks="bench")
-    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), **model_options(args)}
+    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), "blocks": args.blocks,
+            **model_options(args)}
     start = time.time()
     try:
-        payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta)
+        payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta,
+                      blocks=args.blocks)
     except KeyboardInterrupt:
         print(f"interrupted: finished results kept in {out_dir / 'bench.json'}")
         raise
@@ -545,7 +553,7 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
              "```bash", command, "```", "",
              f"Model: `{meta.get('model', 'reference')}`; test split; n = {meta['n']} examples per task; "
              f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}"
-             + _model_changes(meta, "; ") + "."
+             + _run_conditions(meta, "; ") + "."
              + (" **Interrupted run: partial results.**" if payload.get("interrupted") else ""), "",
              "Definitions: **NFE** = model forwards a sample cost; **TPF** = answer tokens (EOS fill "
              "included) / NFE, averaged over samples; **AUP** = accuracy under parallelism (d3LLM): the "

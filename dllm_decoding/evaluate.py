@@ -38,10 +38,12 @@ from .tasks import Task, decode_answer, encode_batch, get_task
 
 def evaluate(model: Any, tokenizer: Any, strategy: Any, task: Task | str, n: int, *,
              split: str = "test", batch_size: int = 64, overrides: Mapping[str, Any] | None = None,
-             seed: int = 0, trace: bool = False, keep_predictions: bool = False) -> dict[str, Any]:
-    """Decode ``n`` examples of ``task`` with ``strategy`` and measure everything."""
+             seed: int = 0, trace: bool = False, keep_predictions: bool = False,
+             blocks: int = 1) -> dict[str, Any]:
+    """Decode ``n`` examples of ``task`` with ``strategy`` and measure everything; the answer
+    is decoded in ``blocks`` equal blocks."""
     task = get_task(task) if isinstance(task, str) else task
-    overrides = {"gen_length": task.gen_length, "block_length": task.gen_length, **(overrides or {})}
+    overrides = {"gen_length": task.gen_length, "block_length": block_length(task, blocks), **(overrides or {})}
     load_strategy(strategy, overrides)  # fail before any work
     examples = task.examples(split, n, seed=seed)
     memory = MemoryWatch()
@@ -69,7 +71,7 @@ def evaluate(model: Any, tokenizer: Any, strategy: Any, task: Task | str, n: int
     result: dict[str, Any] = {
         "task": task.name, "strategy": strategy if isinstance(strategy, str) else "custom",
         "overrides": {k: v for k, v in overrides.items() if k not in ("gen_length", "block_length")},
-        "n": n, "gen_length": gen, "accuracy": sum(correct) / n,
+        "n": n, "gen_length": gen, "blocks": blocks, "accuracy": sum(correct) / n,
         "nfe_mean": sum(nfe) / n, "nfe": nfe,
         "tpf": sum(gen / x for x in nfe) / n,
         "forward_calls": calls,
@@ -106,6 +108,14 @@ class MemoryWatch:
                     "memory_method": "VmHWM reset per evaluation"}
         return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "decode_peak_mb": None, "memory_method": "ru_maxrss (process lifetime)"}
+
+
+def block_length(task: Task, blocks: int) -> int:
+    """The block length that splits ``task``'s answer into ``blocks`` equal blocks."""
+    if blocks < 1 or task.gen_length % blocks:
+        raise ConfigError(f"--blocks {blocks}: task {task.name!r} has {task.gen_length}-token answers, which "
+                          f"do not split into {blocks} equal blocks; use a divisor of {task.gen_length}")
+    return task.gen_length // blocks
 
 
 def _status_mb(field: str) -> float | None:
@@ -163,12 +173,15 @@ def add_model_arguments(p: argparse.ArgumentParser, *, toy: bool = False) -> Non
                    help="Fast-dLLM's key-value cache: each block's first step runs the whole sequence, later "
                         "steps compute only the block ('dual') or the block and what follows ('prefix') "
                         "against the cached keys and values; approximate, faster (default: no cache)")
+    p.add_argument("--kv-refresh", type=int, default=None, metavar="N",
+                   help="with --kv-cache: refresh the cache with a full forward after every N cached forwards "
+                        "(default: at block starts only)")
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """How the arguments change the model ({} for none: logit perturbations and the key-value
     cache), checked before any work."""
-    tau, noise, kv_cache = args.logit_temperature, args.logit_noise, args.kv_cache
+    tau, noise, kv_cache, kv_refresh = args.logit_temperature, args.logit_noise, args.kv_cache, args.kv_refresh
     if not (math.isfinite(tau) and tau > 0):
         raise ConfigError(f"--logit-temperature must be a positive number, got {tau}")
     if not (math.isfinite(noise) and noise >= 0):
@@ -176,8 +189,13 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if tau != 1.0 or noise != 0.0:
         options.update(logit_temperature=tau, logit_noise=noise)
+    if kv_refresh is not None and (kv_cache is None or kv_refresh < 1):
+        raise ConfigError(f"--kv-refresh {kv_refresh}: give a number >= 1 of cached forwards between refreshes, "
+                          f"together with --kv-cache prefix or dual")
     if kv_cache is not None:
         options.update(kv_cache=kv_cache)
+    if kv_refresh is not None:
+        options.update(kv_refresh=kv_refresh)
     if options and args.model == "toy":
         raise ConfigError("--logit-temperature, --logit-noise and --kv-cache need a checkpoint model; the "
                           "toy model is a plain function (use --model reference)")
@@ -185,7 +203,7 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0,
-               kv_cache: str | None = None) -> tuple[Any, Any]:
+               kv_cache: str | None = None, kv_refresh: int | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``reference``, ``toy`` (tokenizer None) or a local checkpoint
     directory, its logits perturbed when asked (:class:`PerturbedLogits`) and decoded with a
     key-value cache when asked (``HFMaskedDiffusionModel(kv_cache=...)``)."""
@@ -199,7 +217,7 @@ def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float 
     if logit_temperature != 1.0 or logit_noise:
         model = PerturbedLogits(model, logit_temperature, logit_noise)
     if kv_cache is not None:
-        model = HFMaskedDiffusionModel(model, kv_cache=kv_cache)
+        model = HFMaskedDiffusionModel(model, kv_cache=kv_cache, kv_refresh=kv_refresh)
     return model, tokenizer
 
 
@@ -219,6 +237,7 @@ def configure_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (see dllm_decoding.tasks.TASKS)")
     p.add_argument("--n", type=int, default=200, help="test examples (default 200)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--blocks", type=int, default=1, help="decode each answer in this many equal blocks (default 1)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -230,12 +249,13 @@ def configure_eval_parser(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     overrides = parse_overrides(args.overrides)
-    load_strategy(args.strategy, {"gen_length": task.gen_length, "block_length": task.gen_length, **overrides})
+    load_strategy(args.strategy, {"gen_length": task.gen_length, "block_length": block_length(task, args.blocks),
+                                  **overrides})
     model, tokenizer = model_from_args(args, decodes_tasks="eval")
     with torch.no_grad():
         result = evaluate(model, tokenizer, args.strategy, task, args.n, split=args.split,
                           batch_size=args.batch_size, overrides=overrides, seed=args.seed,
-                          keep_predictions=args.predictions)
+                          keep_predictions=args.predictions, blocks=args.blocks)
     result.update(model=args.model, **model_options(args))
     if not args.predictions:
         result.pop("nfe")

@@ -105,8 +105,10 @@ class _HFSession(DecodeSession):
         # decided once per decode: without padding the model needs no mask at all
         self.pass_mask = denoiser.takes_attention_mask and bool((attention_mask == 0).any())
         self.block: tuple[int, int] | None = None
-        # (rows, every layer's keys and values, logits) of the current block's first forward
+        # (rows, every layer's keys and values, logits) of the last full forward, and the
+        # forwards since it
         self.cache: tuple[torch.Tensor | None, Any, torch.Tensor] | None = None
+        self.cache_age = 0
 
     def start_block(self, start, end):
         self.block, self.cache = (start, end), None
@@ -133,14 +135,16 @@ class _HFSession(DecodeSession):
         """Fast-dLLM's key-value cache: the block's first step runs the whole canvas and keeps
         every layer's keys and values; later steps of the block compute only a window (the block
         for ``dual``, the block and everything after it for ``prefix``) and attend to the cached
-        keys elsewhere. Logits outside the window are those of the block's first step."""
+        keys elsewhere, until ``kv_refresh`` forwards have used the cache (then a full forward
+        refreshes it). Logits outside the window are those of the last full forward."""
         den: HFMaskedDiffusionModel = self.denoiser  # type: ignore[assignment]
         start, end = self.block
         stop = end if den.kv_cache == "dual" else canvas.shape[1]
-        if self.cache is None:
+        if self.cache is None or (den.kv_refresh is not None and self.cache_age >= den.kv_refresh):
             out = self._call(canvas, rows, use_cache=True)
-            self.cache = (rows, out.key_values, out.logits)
+            self.cache, self.cache_age = (rows, out.key_values, out.logits), 0
             return out.logits
+        self.cache_age += 1
         cache_rows, key_values, first_logits = self.cache
         if rows is not None and (cache_rows is None or rows.numel() != cache_rows.numel()):
             # rows only leave a block (they finish it), so they are a subset of the cached ones
@@ -157,10 +161,16 @@ KV_CACHE_MODES = ("prefix", "dual")
 
 class HFMaskedDiffusionModel(Denoiser):
     """A Hugging Face masked-diffusion model (LLaDA-style; ``shift_logits=True`` for Dream-style
-    models whose logits predict the next position)."""
+    models whose logits predict the next position).
+
+    ``kv_cache`` (``"prefix"`` or ``"dual"``, for models that support it, as the reference model
+    does) decodes with Fast-dLLM's approximate key-value cache; ``kv_refresh=N`` refreshes it
+    with a full forward after every ``N`` cached forwards (default: at block starts only).
+    """
 
     def __init__(self, model: torch.nn.Module, *, mask_id: int | None = None,
-                 shift_logits: bool = False, kv_cache: str | None = None) -> None:
+                 shift_logits: bool = False, kv_cache: str | None = None,
+                 kv_refresh: int | None = None) -> None:
         config = getattr(model, "config", None)
         if mask_id is None:
             mask_id = getattr(config, "mask_token_id", None)
@@ -193,7 +203,13 @@ class HFMaskedDiffusionModel(Denoiser):
                                  f"every layer's keys and values (use_cache=True -> out.key_values) and "
                                  f"computes a window of positions against them (key_values=..., "
                                  f"window_start=...), as the reference model does")
-        self.kv_cache = kv_cache
+        if kv_refresh is not None:
+            if kv_cache is None:
+                raise InputError("kv_refresh is set but kv_cache is None; pass kv_cache='prefix' or 'dual' too")
+            if isinstance(kv_refresh, bool) or not isinstance(kv_refresh, int) or kv_refresh < 1:
+                raise InputError(f"kv_refresh={kv_refresh!r}: pass a number of cached forwards >= 1 between "
+                                 f"full forwards, or None (refresh at block starts only)")
+        self.kv_cache, self.kv_refresh = kv_cache, kv_refresh
 
     def start_session(self, attention_mask):
         return _HFSession(self, attention_mask)

@@ -87,6 +87,17 @@ def test_later_steps_of_a_block_compute_only_the_window(reference, mode):
     assert out.nfe.tolist() == [task.gen_length] * 2
 
 
+def test_refresh_runs_a_full_forward_after_every_n_cached_ones(reference):
+    model, tokenizer = reference
+    task, _, prompt, mask = _prompts(tokenizer, "insert", 2)
+    spy = _ShapeSpy(model)
+    dd.generate(dd.HFMaskedDiffusionModel(spy, kv_cache="dual", kv_refresh=2), prompt, "llada_low_confidence",
+                attention_mask=mask, gen_length=task.gen_length, block_length=12, steps=task.gen_length)
+    total = prompt.shape[1] + task.gen_length
+    one_block = [total, 12, 12] * 4  # 12 forwards per block: full, two cached, full, ...
+    assert spy.widths == one_block * 3
+
+
 def test_a_cached_batch_decodes_as_its_rows_one_by_one(reference):
     # rows finish a block at different steps: the cache follows the rows still decoding
     model, tokenizer = reference
@@ -106,6 +117,10 @@ def test_cache_settings_that_cannot_work_are_explained(reference):
     model, _ = reference
     with pytest.raises(dd.InputError, match="kv_cache='full' is not a cache mode; use one of 'prefix', 'dual'"):
         dd.HFMaskedDiffusionModel(model, kv_cache="full")
+    with pytest.raises(dd.InputError, match="kv_refresh is set but kv_cache is None"):
+        dd.HFMaskedDiffusionModel(model, kv_refresh=2)
+    with pytest.raises(dd.InputError, match="kv_refresh=0: pass a number of cached forwards >= 1"):
+        dd.HFMaskedDiffusionModel(model, kv_cache="dual", kv_refresh=0)
     with pytest.raises(dd.InputError, match="does not support shift_logits=True"):
         dd.HFMaskedDiffusionModel(model, kv_cache="dual", shift_logits=True)
 
@@ -120,14 +135,18 @@ def test_cache_settings_that_cannot_work_are_explained(reference):
 
 
 def test_cli_kv_cache_option(capsys):
-    assert cli.main(["eval", "--task", "sort", "--n", "8", "--kv-cache", "dual", "--strategy",
+    assert cli.main(["eval", "--task", "sort", "--n", "8", "--kv-cache", "dual", "--blocks", "2", "--strategy",
                      "llada_low_confidence", "--logit-temperature", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["kv_cache"] == "dual" and result["logit_temperature"] == 2.0
+    assert result["kv_cache"] == "dual" and result["logit_temperature"] == 2.0 and result["blocks"] == 2
     assert result["nfe_mean"] == TASKS["sort"].gen_length and result["accuracy"] > 0.5
     for argv, message in [
         (["generate", "--model", "toy", "--prompt-ids", "1,2", "--kv-cache", "dual"], "toy model is a plain function"),
         (["bench", "--overhead", "--kv-cache", "prefix"], "drop --logit-temperature, --logit-noise and --kv-cache"),
+        (["eval", "--task", "sort", "--kv-refresh", "2"], "--kv-refresh 2: give a number >= 1 of cached forwards"),
+        (["eval", "--task", "sort", "--kv-cache", "dual", "--kv-refresh", "0"], "--kv-refresh 0"),
+        (["eval", "--task", "sort", "--blocks", "5"], "--blocks 5: task 'sort' has 12-token answers"),
+        (["bench", "--tasks", "sort", "insert", "--blocks", "5"], "--blocks 5: task 'sort' has 12-token answers"),
     ]:
         assert cli.main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
