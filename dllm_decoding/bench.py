@@ -260,7 +260,7 @@ def _run_conditions(meta: dict[str, Any], lead: str) -> str:
         parts.append(f"answers decoded in {meta['blocks']} blocks")
     if meta.get("kv_cache"):
         refresh = f", refreshed after every {meta['kv_refresh']} cached forwards" if meta.get("kv_refresh") else ""
-        parts.append(f"decoded with the {meta['kv_cache']!r} key-value cache{refresh}")
+        parts.append(f"key-value cache {meta['kv_cache']!r}{refresh}")
     return lead + " and ".join(parts) if parts else ""
 
 

@@ -122,6 +122,8 @@ def test_summary_claims_and_markdown():
     text = bench.markdown({"meta": {"n": 1}, "results": results})
     assert "| `credit_decoding(threshold=0.9)` | 90.0 | 2.00 | 5.00 |" in text
     assert "AUP" in text
+    cached = bench.markdown({"meta": {"n": 1, "blocks": 2, "kv_cache": "dual", "kv_refresh": 2}, "results": results})
+    assert "answers decoded in 2 blocks and key-value cache 'dual', refreshed after every 2 cached forwards" in cached
 
 
 @pytest.fixture(scope="module")
