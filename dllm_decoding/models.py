@@ -145,15 +145,15 @@ class _HFSession(DecodeSession):
             self.cache, self.cache_age = (rows, out.key_values, out.logits), 0
             return out.logits
         self.cache_age += 1
-        cache_rows, key_values, first_logits = self.cache
+        cache_rows, key_values, full_logits = self.cache
         if rows is not None and (cache_rows is None or rows.numel() != cache_rows.numel()):
             # rows only leave a block (they finish it), so they are a subset of the cached ones
             pick = rows if cache_rows is None else torch.searchsorted(cache_rows, rows)
             key_values = tuple((k[pick], v[pick]) for k, v in key_values)
-            first_logits = first_logits[pick]
-            self.cache = (rows, key_values, first_logits)
+            full_logits = full_logits[pick]
+            self.cache = (rows, key_values, full_logits)
         window = self._call(canvas[:, start:stop], rows, key_values=key_values, window_start=start).logits
-        return torch.cat([first_logits[:, :start], window, first_logits[:, stop:]], dim=1)
+        return torch.cat([full_logits[:, :start], window, full_logits[:, stop:]], dim=1)
 
 
 KV_CACHE_MODES = ("prefix", "dual")
