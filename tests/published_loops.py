@@ -134,3 +134,52 @@ def dinfer_credit_generate(fn, prompt, *, gen_length, block_length, mask_id, thr
             commit = (conf >= bar) & masked
             x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
     return x, nfe
+
+
+def fast_dllm_cached_generate(model, prompt, *, gen_length, block_length, mask_id, cache,
+                              threshold=None, steps=None):
+    """Fast-dLLM ``llada/generate.py::generate_with_prefix_cache`` (``cache="prefix"``) and
+    ``generate_with_dual_cache`` (``cache="dual"``), temperature 0, one row.
+
+    Per block: one full forward that also returns every layer's keys and values, and decodes
+    from its logits; then, until the block has no mask, forwards of the block only (dual: the
+    keys and values before and after it from that full forward) or of the block and everything
+    after it (prefix: only the keys and values before the block are reused). Each step commits
+    by ``threshold`` as in :func:`fast_dllm_generate`, or (``threshold=None``) the step's share
+    of LLaDA's schedule over ``steps`` by float64 confidence. ``model`` takes the reference
+    model's cache arguments (``use_cache``, ``key_values``, ``window_start``).
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    num_blocks = gen_length // block_length
+    nfe = 0
+
+    def commit(logits, lo, hi, k):  # logits cover columns [lo, lo + logits.shape[1])
+        view = x[:, lo:lo + logits.shape[1]]
+        masked = view == mask_id
+        masked[:, hi - lo:] = False
+        x0 = logits.argmax(-1)
+        conf = F.softmax(logits.to(torch.float64), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+        x0 = torch.where(masked, x0, view)
+        conf = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+        n = int(masked.sum()) if threshold is not None else k
+        order = torch.topk(conf[0], k=n).indices
+        keep = [order[0]] + [i for i in order[1:] if threshold is None or conf[0, i] >= threshold]
+        chosen = torch.stack(keep)
+        view[0, chosen] = x0[0, chosen]  # a view of x: commits in place
+
+    for block in range(num_blocks):
+        lo, hi = p + block * block_length, p + (block + 1) * block_length
+        schedule = _llada_schedule(int((x[0, lo:hi] == mask_id).sum()), steps // num_blocks) if steps else None
+        out = model(input_ids=x, use_cache=True)
+        nfe += 1
+        commit(out.logits, 0, hi, schedule[0] if schedule else None)
+        step = 1
+        stop = hi if cache == "dual" else x.shape[1]
+        while bool((x[:, lo:hi] == mask_id).any()):
+            logits = model(input_ids=x[:, lo:stop], key_values=out.key_values, window_start=lo).logits
+            nfe += 1
+            commit(logits, lo, hi, schedule[step] if schedule else None)
+            step += 1
+    return x, nfe

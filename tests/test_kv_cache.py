@@ -153,3 +153,45 @@ def test_cli_kv_cache_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["eval", "--task", "sort", "--kv-cache", "full"])
     assert "invalid choice: 'full'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- Fast-dLLM's cached loops
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("task_name, block, threshold", [
+    ("sort", 4, 0.9), ("insert", 12, 0.9), ("latin_square", 8, 0.7), ("complement", 3, 0.95), ("addition", 6, 0.5),
+])
+def test_cached_threshold_decoding_equals_fast_dllm_cached_generate(reference, mode, task_name, block, threshold):
+    from published_loops import fast_dllm_cached_generate
+
+    model, tokenizer = reference
+    task = TASKS[task_name]
+    cached = dd.HFMaskedDiffusionModel(model, kv_cache=mode)
+    for example in task.examples("test", 6):
+        prompt, _ = encode_batch(tokenizer, [example], task)
+        ours = dd.generate(cached, prompt, "fast_dllm_threshold", gen_length=task.gen_length, block_length=block,
+                           overrides={"select.threshold": threshold})
+        with torch.no_grad():
+            ref, nfe = fast_dllm_cached_generate(model, prompt, gen_length=task.gen_length, block_length=block,
+                                                 mask_id=model.config.mask_token_id, cache=mode, threshold=threshold)
+        assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("task_name, block, per_block", [("sort", 6, 3), ("insert", 12, 6), ("complement", 6, 6)])
+def test_cached_top_k_decoding_equals_fast_dllm_cached_generate(reference, mode, task_name, block, per_block):
+    from published_loops import fast_dllm_cached_generate
+
+    model, tokenizer = reference
+    task = TASKS[task_name]
+    cached = dd.HFMaskedDiffusionModel(model, kv_cache=mode)
+    steps = per_block * (task.gen_length // block)
+    for example in task.examples("test", 6):
+        prompt, _ = encode_batch(tokenizer, [example], task)
+        ours = dd.generate(cached, prompt, "llada_low_confidence", gen_length=task.gen_length, block_length=block,
+                           steps=steps, overrides={"score.precision": "float64"})  # Fast-dLLM ranks in float64
+        with torch.no_grad():
+            ref, nfe = fast_dllm_cached_generate(model, prompt, gen_length=task.gen_length, block_length=block,
+                                                 mask_id=model.config.mask_token_id, cache=mode, steps=steps)
+        assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
