@@ -54,6 +54,7 @@ SWEEPS: dict[str, list[Setting]] = {
         *_sweep("credit_decoding", "fuse.credit.gamma", [0.05, 1.0], **{"select.threshold": 0.9}),
         *_sweep("fast_dllm_factor", "select.factor", [0.5, 1.0, 2.0]),
         *_sweep("entropy_bounded", "select.gamma", [0.01, 0.1, 0.5]),
+        *_sweep("dinfer_hierarchy", "select.low_threshold", [0.3, 0.5, 0.7]),
     ],
     "quick": [
         *_sweep("llada_low_confidence", "select.k", [1, 8]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from dllm_decoding import Component, Proposal, hookimpl
 
@@ -52,20 +52,32 @@ class PrecisionOptions(BaseModel):
     precision: Literal["float32", "float64"] = "float64"
 
 
+class ConfidenceOptions(PrecisionOptions):
+    formula: Literal["softmax", "exp_log_softmax"] = Field(
+        "softmax", description="softmax(logits)[token] (LLaDA, Fast-dLLM) or exp(log_softmax(logits)[token]) "
+                               "(dInfer's hierarchy decoder); equal up to rounding")
+
+
 class Confidence(Component):
     """Confidence = softmax probability of the proposed token (LLaDA's low-confidence rule)."""
 
     name = "confidence"
     hook_point = "score"
-    Options = PrecisionOptions
+    Options = ConfidenceOptions
 
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        probs = torch.softmax(in_block(state, logits, self.options.precision), dim=-1)
+        block = in_block(state, logits, self.options.precision)
+        if self.options.formula == "softmax":
+            probs = torch.softmax(block, dim=-1)
+        else:  # the exponential is taken after the gather below: only for the proposed tokens
+            probs = torch.log_softmax(block, dim=-1)
         block_tokens = tokens[:, state.block_start:state.block_end, None]
-        confidence = whole_row(state, probs.gather(-1, block_tokens).squeeze(-1))
-        return Proposal(tokens=tokens, confidence=confidence, logits=logits)
+        chosen = probs.gather(-1, block_tokens).squeeze(-1)
+        if self.options.formula == "exp_log_softmax":
+            chosen = chosen.exp()
+        return Proposal(tokens=tokens, confidence=whole_row(state, chosen), logits=logits)
 
 
 class Margin(Component):

@@ -169,7 +169,41 @@ class EntropyBound(Component):
         return whole_row(state, torch.zeros_like(keep).scatter(1, index, keep), fill=False)
 
 
+class HierarchyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threshold: float | None = Field(0.9, gt=0.0, le=1.0, description="also commit every open position with confidence > this (None: off)")
+    low_threshold: float | None = Field(0.3, ge=0.0, le=1.0, description="a run's most confident position commits only when its confidence > this (None: always)")
+
+
+class Hierarchy(Component):
+    """dInfer's hierarchical decoding: the open positions of the block form runs of adjacent
+    positions; each run commits its most confident position (all of them on an exact tie) if its
+    confidence is above ``low_threshold``; every open position above ``threshold`` commits too,
+    and the block's most confident position always does. Committing one token per run spreads
+    the commits apart, so neighbours are not decided from the same marginals."""
+
+    name = "hierarchy"
+    hook_point = "select"
+    Options = HierarchyOptions
+
+    @hookimpl
+    def select(self, state, proposal):
+        start, end = state.block_start, state.block_end
+        open_ = state.selectable[:, start:end]
+        confidence = torch.where(open_, proposal.confidence[:, start:end], NEG_INF)
+        run_starts = open_ & ~torch.nn.functional.pad(open_[:, :-1], (1, 0), value=False)
+        run = torch.where(open_, run_starts.long().cumsum(dim=1) - 1, 0)  # run index of each open position
+        run_best = torch.full_like(confidence, NEG_INF).scatter_reduce(1, run, confidence, "amax")
+        chosen = open_ & (confidence == run_best.gather(1, run))
+        if self.options.low_threshold is not None:
+            chosen = chosen & (confidence > self.options.low_threshold)
+        if self.options.threshold is not None:
+            chosen = chosen | (confidence > self.options.threshold)
+        best = torch.zeros_like(open_).scatter(1, confidence.argmax(dim=1, keepdim=True), True)
+        return whole_row(state, chosen | best, fill=False)
+
+
 @hookimpl
 def dllm_decoding_register_components(register):
-    for cls in (TopK, Threshold, Factor, EntropyBound):
+    for cls in (TopK, Threshold, Factor, EntropyBound, Hierarchy):
         register(cls)

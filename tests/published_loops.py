@@ -183,3 +183,48 @@ def fast_dllm_cached_generate(model, prompt, *, gen_length, block_length, mask_i
             commit(logits, lo, hi, schedule[step] if schedule else None)
             step += 1
     return x, nfe
+
+
+def dinfer_hierarchy_generate(fn, prompt, *, gen_length, block_length, mask_id, threshold=0.9,
+                              low_threshold=0.3):
+    """dInfer ``HierarchyDecoder`` (``python/dinfer/decoding/parallel_strategy.py``),
+    temperature 0, one row, block by block until the block has no mask.
+
+    Confidence = ``exp(log_softmax(block logits)[argmax])`` in the logits' dtype, the lowest
+    finite float on decided positions. Each run of adjacent masked positions commits its
+    maximum (every position equal to it) when that is ``> low_threshold``; every position
+    ``> threshold`` commits; the block's first maximum always commits.
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    nfe = 0
+    for block in range(gen_length // block_length):
+        lo, hi = p + block * block_length, p + (block + 1) * block_length
+        while bool((x[:, lo:hi] == mask_id).any()):
+            logits = fn(x)[0, lo:hi]
+            nfe += 1
+            x0 = logits.argmax(-1)
+            conf = F.log_softmax(logits, dim=-1).gather(-1, x0[:, None]).squeeze(-1).exp()
+            masked = x[0, lo:hi] == mask_id
+            conf = torch.where(masked, conf, torch.full_like(conf, torch.finfo(conf.dtype).min))
+            chosen = set()
+            i = 0
+            while i < block_length:
+                if not masked[i]:
+                    i += 1
+                    continue
+                j = i
+                while j < block_length and masked[j]:
+                    j += 1
+                best = conf[i:j].max()
+                chosen |= {k for k in range(i, j)
+                           if conf[k] == best and (low_threshold is None or conf[k] > low_threshold)}
+                i = j
+            if threshold is not None:
+                chosen |= {k for k in range(block_length) if conf[k] > threshold}
+            chosen.add(int(conf.argmax()))
+            for k in sorted(chosen):
+                if masked[k]:
+                    x[0, lo + k] = x0[k]
+    return x, nfe

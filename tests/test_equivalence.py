@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import dllm_decoding as dd
 from dllm_decoding.testing import ContextModel
-from published_loops import dinfer_credit_generate, fast_dllm_generate, llada_generate
+from published_loops import dinfer_credit_generate, dinfer_hierarchy_generate, fast_dllm_generate, llada_generate
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -98,3 +98,15 @@ def test_batched_presets_equal_batched_references(case, threshold):
     ref, nfe = fast_dllm_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                   mask_id=model.mask_id, threshold=threshold)
     assert torch.equal(ours.sequences, ref) and ours.stats["forward_calls"] == nfe >= int(ours.nfe.max())
+
+
+@SETTINGS
+@given(case=cases(batch_max=1), threshold=st.sampled_from([None, 0.5, 0.9]),
+       low_threshold=st.sampled_from([None, 0.0, 0.3, 0.7]))
+def test_dinfer_hierarchy_equals_dinfer(case, threshold, low_threshold):
+    model, prompt, gen_length, block = case
+    ours = dd.generate(model, prompt, "dinfer_hierarchy", gen_length=gen_length, block_length=block,
+                       overrides={"select.threshold": threshold, "select.low_threshold": low_threshold})
+    ref, nfe = dinfer_hierarchy_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+                                         mask_id=model.mask_id, threshold=threshold, low_threshold=low_threshold)
+    assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
