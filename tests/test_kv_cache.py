@@ -7,6 +7,7 @@ import torch
 
 import dllm_decoding as dd
 from dllm_decoding import cli
+from dllm_decoding.evaluate import PerturbedLogits
 from dllm_decoding.reference import load_reference_model
 from dllm_decoding.tasks import TASKS, encode_batch
 
@@ -98,14 +99,18 @@ def test_refresh_runs_a_full_forward_after_every_n_cached_ones(reference):
     assert spy.widths == one_block * 3
 
 
-def test_a_cached_batch_decodes_as_its_rows_one_by_one(reference):
-    # rows finish a block at different steps: the cache follows the rows still decoding
+@pytest.mark.parametrize("task_name, block, eos", [("insert", 12, False), ("sort", 4, True), ("insert", 12, True)])
+def test_a_cached_batch_decodes_as_its_rows_one_by_one(reference, task_name, block, eos):
+    # An under-confident copy of the model (logits / 3) takes several, row-dependent steps per
+    # block; with EOS early stop, rows also leave at block starts. So the cache is built for a
+    # subset of rows and then shrinks further: it must follow the rows still decoding.
     model, tokenizer = reference
-    task, examples, prompt, mask = _prompts(tokenizer, "insert", 5)
-    cached = dd.HFMaskedDiffusionModel(model, kv_cache="dual")
-    kw = dict(gen_length=task.gen_length, block_length=12, overrides={"select.threshold": 0.95})
+    task, examples, prompt, mask = _prompts(tokenizer, task_name, 6)
+    cached = dd.HFMaskedDiffusionModel(PerturbedLogits(model, tau=3.0), kv_cache="dual")
+    kw = dict(gen_length=task.gen_length, block_length=block, overrides={"select.threshold": 0.9},
+              eos_id=tokenizer.eos_token_id if eos else None)
     batched = dd.generate(cached, prompt, "fast_dllm_threshold", attention_mask=mask, **kw)
-    assert len(set(batched.nfe.tolist())) > 1  # the rows did leave blocks at different steps
+    assert len(set(batched.nfe.tolist())) > 1  # the rows did leave at different steps
     for row, example in enumerate(examples):
         p, m = encode_batch(tokenizer, [example], task)
         alone = dd.generate(cached, p, "fast_dllm_threshold", attention_mask=m, **kw)
