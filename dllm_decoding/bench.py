@@ -24,7 +24,8 @@ import torch
 
 from .config import load_strategy, parse_override_value
 from .errors import ConfigError
-from .evaluate import add_model_arguments, block_length, evaluate, model_from_args, model_options
+from .evaluate import (add_blocks_argument, add_model_arguments, block_length, evaluate, model_from_args,
+                       model_options)
 from .plots import pareto_front
 from .tasks import TASKS, get_task
 
@@ -444,7 +445,7 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
                    help="a setting to run instead of the built-in sweep, e.g. credit_decoding:select.threshold=0.8 (repeatable)")
     p.add_argument("--n", type=int, help="test examples per task (default 200; --quick 32)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--blocks", type=int, default=1, help="decode each answer in this many equal blocks (default 1)")
+    add_blocks_argument(p)
     p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
     p.add_argument("--overhead", action="store_true", help="only measure framework vs bare-loop decode time")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and trace figures")

@@ -110,6 +110,12 @@ class MemoryWatch:
                 "decode_peak_mb": None, "memory_method": "ru_maxrss (process lifetime)"}
 
 
+def add_blocks_argument(p: argparse.ArgumentParser) -> None:
+    """``--blocks N`` for the commands that decode task answers (eval, bench)."""
+    p.add_argument("--blocks", type=int, default=1, metavar="N",
+                   help="decode each answer in this many equal blocks (default 1)")
+
+
 def block_length(task: Task, blocks: int) -> int:
     """The block length that splits ``task``'s answer into ``blocks`` equal blocks."""
     if blocks < 1 or task.gen_length % blocks:
@@ -237,7 +243,7 @@ def configure_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (see dllm_decoding.tasks.TASKS)")
     p.add_argument("--n", type=int, default=200, help="test examples (default 200)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--blocks", type=int, default=1, help="decode each answer in this many equal blocks (default 1)")
+    add_blocks_argument(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
