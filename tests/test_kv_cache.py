@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import dllm_decoding as dd
 from dllm_decoding import cli
@@ -200,3 +202,38 @@ def test_cached_top_k_decoding_equals_fast_dllm_cached_generate(reference, mode,
             ref, nfe = fast_dllm_cached_generate(model, prompt, gen_length=task.gen_length, block_length=block,
                                                  mask_id=model.config.mask_token_id, cache=mode, steps=steps)
         assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
+
+
+# --------------------------------------------------------------------------- random models
+
+
+@st.composite
+def _random_cached_decodes(draw):
+    from dllm_decoding.reference import ReferenceConfig, ReferenceModelForMaskedLM
+
+    torch.manual_seed(draw(st.integers(0, 10**6)))
+    heads = draw(st.sampled_from([1, 2, 4]))
+    config = ReferenceConfig(vocab_size=draw(st.integers(8, 24)), hidden_size=8 * heads, num_hidden_layers=draw(st.integers(1, 3)),
+                             num_attention_heads=heads, intermediate_size=16, initializer_range=0.5)
+    model = ReferenceModelForMaskedLM(config).eval()
+    batch, prompt_len = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    prompt = torch.randint(3, config.vocab_size, (batch, prompt_len))
+    lengths = [draw(st.integers(1, prompt_len)) for _ in range(batch)]
+    mask = torch.tensor([[0] * (prompt_len - n) + [1] * n for n in lengths])
+    block = draw(st.sampled_from([1, 2, 3, 4]))
+    return model, prompt, mask, block, block * draw(st.integers(1, 3)), draw(st.sampled_from(["prefix", "dual"]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=_random_cached_decodes(), threshold=st.sampled_from([0.2, 0.5, 0.9]))
+def test_on_random_models_a_cached_batch_decodes_as_its_rows_alone(case, threshold):
+    model, prompt, mask, block, gen_length, mode = case
+    cached = dd.HFMaskedDiffusionModel(model, kv_cache=mode, kv_refresh=None)
+    kw = dict(gen_length=gen_length, block_length=block, overrides={"select.threshold": threshold})
+    batched = dd.generate(cached, prompt, "fast_dllm_threshold", attention_mask=mask, **kw)
+    assert not bool((batched.answers == model.config.mask_token_id).any())
+    for row in range(prompt.shape[0]):
+        real = int(mask[row].sum())
+        alone = dd.generate(cached, prompt[row:row + 1, -real:], "fast_dllm_threshold", **kw)
+        assert torch.equal(alone.answers[0], batched.answers[row])
+        assert int(alone.nfe[0]) == int(batched.nfe[row])
