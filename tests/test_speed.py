@@ -29,6 +29,7 @@ def free_model(batch: int, prompt_length: int) -> dd.Denoiser:
     ("fast_dllm_threshold", {"select.threshold": 1.0}),  # threshold never met: one per step
     ("credit_decoding", {"select.threshold": 1.0}),
     ("entropy_bounded", {"select.gamma": 0.0}),
+    ("dinfer_hierarchy", {"select.threshold": None, "select.low_threshold": 1.0}),  # the top-1 only
 ])
 def test_loop_cost(benchmark, strategy, overrides, batch):
     prompt = torch.arange(1, 9).repeat(batch, 1)
