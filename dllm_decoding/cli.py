@@ -166,9 +166,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for i in range(out.sequences.shape[0]):
         row: dict[str, Any] = {"answer_ids": out.answers[i].tolist(), "nfe": int(out.nfe[i])}
         if tokenizer is not None:
+            from dllm_decoding.evaluate import is_reference_checkpoint
             from dllm_decoding.tasks import decode_answer
 
-            row["answer"] = decode_answer(tokenizer, out.answers[i])
+            row["answer"] = (decode_answer(tokenizer, out.answers[i]) if is_reference_checkpoint(args.model)
+                             else tokenizer.decode(out.answers[i].tolist(), skip_special_tokens=True))
         if examples is not None:
             row["prompt"] = examples[i].prompt
             row["expected"] = examples[i].answer

@@ -24,13 +24,14 @@ import resource
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from .config import load_strategy, parse_overrides
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .models import KV_CACHE_MODES, HFMaskedDiffusionModel
 from .loop import generate
 from .tasks import Task, decode_answer, encode_batch, get_task
@@ -167,14 +168,23 @@ class PerturbedLogits(torch.nn.Module):
 def add_model_arguments(p: argparse.ArgumentParser, *, toy: bool = False) -> None:
     """``--model``, the logit perturbations and the key-value cache, the same for every command that decodes."""
     p.add_argument("--model", default="reference",
-                   help="'reference', 'toy' or a local checkpoint directory" if toy
-                   else "'reference' or a local checkpoint directory")
+                   help="'reference', 'toy' or a local checkpoint directory (the reference architecture, "
+                        "or any Hugging Face masked-diffusion model)" if toy
+                   else "'reference' or a local checkpoint directory (the reference architecture, or any "
+                        "Hugging Face masked-diffusion model: generate only)")
     p.add_argument("--logit-temperature", type=float, default=1.0, metavar="TAU",
                    help="divide the model's logits by TAU before any strategy sees them: TAU > 1 makes an "
                         "under-confident model with the same argmax (stress-tests confidence rules)")
     p.add_argument("--logit-noise", type=float, default=0.0, metavar="SIGMA",
                    help="add Gaussian noise of this standard deviation to the logits at every forward "
                         "(seeded): confidence that fluctuates from step to step")
+    p.add_argument("--mask-id", type=int, default=None, metavar="ID",
+                   help="a checkpoint other than the reference model: its [MASK] token id, when its config has "
+                        "no mask_token_id (LLaDA: 126336)")
+    p.add_argument("--shift-logits", action="store_true",
+                   help="a checkpoint whose logits[:, i] predict token i + 1 (Dream)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a checkpoint that ships its own modeling code (LLaDA, Dream) run it")
     p.add_argument("--kv-cache", choices=KV_CACHE_MODES, default=None,
                    help="Fast-dLLM's key-value cache: each block's first step runs the whole sequence, later "
                         "steps compute only the block ('dual') or the block and what follows ('prefix') "
@@ -205,26 +215,83 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     if options and args.model == "toy":
         raise ConfigError("--logit-temperature, --logit-noise and --kv-cache need a checkpoint model; the "
                           "toy model is a plain function (use --model reference)")
-    return options
+    foreign = {"mask_id": args.mask_id, "shift_logits": args.shift_logits or None,
+               "trust_remote_code": args.trust_remote_code or None}
+    foreign = {k: v for k, v in foreign.items() if v is not None}
+    if foreign and (args.model in ("toy", "reference") or is_reference_checkpoint(args.model)):
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise ConfigError(f"{flags}: for checkpoints other than the reference model; {args.model!r} needs none")
+    return {**options, **foreign}
+
+
+def is_reference_checkpoint(name: str) -> bool:
+    """Whether ``name`` is the shipped reference model or a directory holding one (its
+    config.json says so), without loading anything."""
+    from .reference.modeling import MODEL_TYPE
+
+    if name == "reference":
+        return True
+    config = Path(name) / "config.json"
+    try:
+        return json.loads(config.read_text()).get("model_type") == MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0,
-               kv_cache: str | None = None, kv_refresh: int | None = None) -> tuple[Any, Any]:
+               kv_cache: str | None = None, kv_refresh: int | None = None, mask_id: int | None = None,
+               shift_logits: bool = False, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``reference``, ``toy`` (tokenizer None) or a local checkpoint
-    directory, its logits perturbed when asked (:class:`PerturbedLogits`) and decoded with a
-    key-value cache when asked (``HFMaskedDiffusionModel(kv_cache=...)``)."""
+    directory (the reference architecture, or any Hugging Face masked-diffusion model), its
+    logits perturbed when asked (:class:`PerturbedLogits`) and decoded with a key-value cache
+    when asked (``HFMaskedDiffusionModel(kv_cache=...)``)."""
     if name == "toy":
         from .testing import ContextModel
 
         return ContextModel(vocab_size=16), None
     from .reference import load_reference_model
 
-    model, tokenizer = load_reference_model(None if name == "reference" else name)
+    if is_reference_checkpoint(name) or not Path(name).is_dir():  # its loader names what is wrong
+        model, tokenizer = load_reference_model(None if name == "reference" else name)
+    else:
+        model, tokenizer = load_hf_checkpoint(name, trust_remote_code=trust_remote_code)
+        if mask_id is None and getattr(model.config, "mask_token_id", None) is None:
+            raise ConfigError(f"--model {name}: its config has no mask_token_id; pass --mask-id "
+                              f"(the [MASK] token's id, e.g. 126336 for LLaDA)")
     if logit_temperature != 1.0 or logit_noise:
         model = PerturbedLogits(model, logit_temperature, logit_noise)
-    if kv_cache is not None:
-        model = HFMaskedDiffusionModel(model, kv_cache=kv_cache, kv_refresh=kv_refresh)
+    if kv_cache is not None or mask_id is not None or shift_logits:
+        model = HFMaskedDiffusionModel(model, mask_id=mask_id, shift_logits=shift_logits,
+                                       kv_cache=kv_cache, kv_refresh=kv_refresh)
     return model, tokenizer
+
+
+def load_hf_checkpoint(path: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A local Hugging Face checkpoint, offline: the model through ``AutoModelForMaskedLM`` or,
+    when its config maps no masked-LM class (LLaDA and Dream register theirs as ``AutoModel``),
+    ``AutoModel``; its tokenizer when the directory has one, else None."""
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    from .reference import _first_line, _no_progress_bar
+
+    hint = "" if trust_remote_code else " (a checkpoint with its own modeling code needs --trust-remote-code)"
+    model, failures = None, []
+    with _no_progress_bar():
+        for auto in (AutoModelForMaskedLM, AutoModel):
+            try:
+                model = auto.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+                break
+            except Exception as exc:  # transformers raises ValueError, OSError, ImportError...
+                failures.append(f"{auto.__name__}: {_first_line(exc)}")
+    if model is None and not trust_remote_code and all("custom code" in f for f in failures):
+        raise ModelError(f"{path!r} ships its own modeling code; pass --trust-remote-code to run it")
+    if model is None:
+        raise ModelError(f"cannot load a model from {path!r}{hint}: {'; '.join(failures)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception:  # a checkpoint without tokenizer files decodes --prompt-ids only
+        tokenizer = None
+    return model.eval(), tokenizer
 
 
 def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = None) -> tuple[Any, Any]:
@@ -234,6 +301,10 @@ def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = Non
     if decodes_tasks and args.model == "toy":
         raise ConfigError(f"{decodes_tasks} decodes task prompts: it needs a model with a tokenizer "
                           f"(--model reference or a checkpoint directory), not the toy model")
+    if decodes_tasks and Path(args.model).is_dir() and not is_reference_checkpoint(args.model):
+        raise ConfigError(f"{decodes_tasks} decodes the reference tasks, whose prompts are written for the "
+                          f"reference model's tokenizer; {args.model!r} is another model. Decode your own "
+                          f"prompts with `dllm-decode generate --model {args.model} --prompt ...` or dd.generate")
     return load_model(args.model, **options)
 
 

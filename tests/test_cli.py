@@ -117,3 +117,100 @@ def test_demo_marks_each_first_answer_and_explains_tasks_with_several_valid_answ
     assert "(right)" in table or "(wrong)" in table
     if any(r["answer_correct"] and r["answer"] != r["expected"] for r in rows):
         assert "several answers are valid; the reference is one of them" in table
+
+
+@pytest.fixture(scope="module")
+def bert_checkpoint(tmp_path_factory):
+    """A tiny Hugging Face masked LM that is not the reference architecture, with a tokenizer and
+    no mask_token_id in its config (as LLaDA's)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from dllm_decoding.reference.tokenizer import build_tokenizer
+
+    folder = tmp_path_factory.mktemp("bert")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=32, max_position_embeddings=64))
+    with torch.no_grad():  # a dLLM never proposes its special tokens
+        model.cls.predictions.bias[[tokenizer.mask_token_id, tokenizer.pad_token_id]] = -1e4
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, tokenizer
+
+
+def test_generate_decodes_any_hugging_face_checkpoint(capsys, bert_checkpoint):
+    folder, tokenizer = bert_checkpoint
+    argv = ["generate", "--model", str(folder), "--mask-id", str(tokenizer.mask_token_id), "--prompt", "abc",
+            "--gen-length", "6", "--strategy", "fast_dllm_threshold", "--json"]
+    assert cli.main(argv) == 0
+    row = json.loads(capsys.readouterr().out)["results"][0]
+    assert len(row["answer_ids"]) == 6 and row["answer"] == tokenizer.decode(row["answer_ids"], skip_special_tokens=True)
+    assert cli.main(argv[:5] + ["--prompt-ids", "5,6,7", "--gen-length", "4", "--kv-cache", "dual"]) == 2
+    assert "BertForMaskedLM.forward does not take key_values, use_cache, window_start" in capsys.readouterr().err
+
+
+def test_foreign_checkpoints_say_what_they_need(capsys, bert_checkpoint, tmp_path):
+    folder, _ = bert_checkpoint
+    for argv, message in [
+        (["generate", "--model", str(folder), "--prompt", "abc"], "its config has no mask_token_id; pass --mask-id"),
+        (["eval", "--model", str(folder), "--task", "sort"], "is another model. Decode your own prompts with"),
+        (["bench", "--quick", "--model", str(folder), "--out", str(tmp_path)], "bench decodes the reference tasks"),
+        (["generate", "--mask-id", "3", "--prompt", "abc"], "--mask-id: for checkpoints other than the reference"),
+        (["generate", "--model", str(tmp_path), "--mask-id", "3", "--prompt", "abc"], "cannot load a model from"),
+    ]:
+        assert cli.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+CUSTOM_MODELING = '''
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+
+class TinyDlmConfig(PretrainedConfig):
+    model_type = "tinydlm"
+
+    def __init__(self, vocab_size=12, hidden_size=8, **kwargs):
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        super().__init__(**kwargs)
+
+
+class TinyDlm(PreTrainedModel):  # registered as AutoModel, as LLaDA and Dream register theirs
+    config_class = TinyDlmConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.head(self.embed(input_ids).cumsum(dim=1))
+        logits[..., 0] = float("-inf")  # token 0 is [MASK]
+        return MaskedLMOutput(logits=logits)
+'''
+
+
+def test_a_checkpoint_with_its_own_modeling_code_runs_only_when_trusted(capsys, tmp_path):
+    import importlib.util
+
+    source = tmp_path / "src" / "modeling_tinydlm.py"
+    source.parent.mkdir()
+    source.write_text(CUSTOM_MODELING)
+    spec = importlib.util.spec_from_file_location("modeling_tinydlm", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path / "ckpt"
+    config = module.TinyDlmConfig(auto_map={"AutoConfig": "modeling_tinydlm.TinyDlmConfig",
+                                            "AutoModel": "modeling_tinydlm.TinyDlm"})
+    module.TinyDlm(config).save_pretrained(folder)
+    (folder / "modeling_tinydlm.py").write_text(CUSTOM_MODELING)
+    argv = ["generate", "--model", str(folder), "--mask-id", "0", "--prompt-ids", "1,2,3", "--gen-length", "4", "--json"]
+    assert cli.main(argv) == 2
+    assert "ships its own modeling code; pass --trust-remote-code to run it" in capsys.readouterr().err
+    assert cli.main(argv + ["--trust-remote-code"]) == 0
+    row = json.loads(capsys.readouterr().out)["results"][0]
+    assert len(row["answer_ids"]) == 4 and 0 not in row["answer_ids"] and row["nfe"] <= 4
