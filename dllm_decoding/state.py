@@ -50,6 +50,7 @@ class DecodeState:
     plugin_state: dict[str, Any] = field(default_factory=dict)
     _block_mask: Any = field(default=None, repr=False, compare=False)
     _selectable: Any = field(default=None, repr=False, compare=False)
+    _left_padding: Any = field(default=None, repr=False, compare=False)
 
     def uniform(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """``(B, *shape)`` uniform draws in [0, 1), each row from its own seeded generator.
@@ -64,6 +65,13 @@ class DecodeState:
     def nfe(self) -> torch.Tensor:
         """(B,) long: forwards each row has cost so far."""
         return torch.tensor(self.forwards_per_row, dtype=torch.long)
+
+    @property
+    def left_padding(self) -> list[int]:
+        """Padding columns at the start of each row (from ``attention_mask``; fixed per decode)."""
+        if self._left_padding is None:
+            self._left_padding = (self.attention_mask == 0).sum(dim=1).tolist()
+        return self._left_padding
 
     @property
     def batch_size(self) -> int:

@@ -21,29 +21,44 @@ def masked_confidence(state, proposal) -> torch.Tensor:
     return torch.where(state.selectable, proposal.confidence, NEG_INF)
 
 
-def top_k_mask(confidence: torch.Tensor, k: int | torch.Tensor, start: int = 0,
-               end: int | None = None) -> torch.Tensor:
+def top_k_mask(confidence: torch.Tensor, k: int | torch.Tensor, padding: list[int]) -> torch.Tensor:
     """Bool ``(B, T)``: the ``k`` (an int, or ``k[b]`` per row) most confident finite positions
-    of each row among columns ``[start, end)`` (torch.topk's ranking, as LLaDA and Fast-dLLM).
+    of each row, by ``torch.topk`` over the row as LLaDA and Fast-dLLM rank it.
 
-    Ranking only the block's columns keeps exact ties resolving the same way whatever the
-    prompt length, so a row decodes the same alone as in a left-padded batch."""
-    block = confidence[:, start:end]
-    if isinstance(k, int):
-        k = min(k, block.shape[1])
-        if k == 0:
-            return torch.zeros_like(confidence, dtype=torch.bool)
-        values, index = block.topk(k, dim=1)
-        keep = values > NEG_INF
-    else:
-        k_max = int(k.max()) if k.numel() else 0
-        if k_max == 0:
-            return torch.zeros_like(confidence, dtype=torch.bool)
-        values, index = block.topk(k_max, dim=1)
-        keep = (torch.arange(k_max)[None, :] < k[:, None]) & (values > NEG_INF)
+    torch.topk's choice among exactly tied values depends on the length of the ranked row, and
+    ties are common (saturated float32 and bf16 probabilities). So each row is ranked over its
+    columns after its left ``padding``: exactly the row the published loop ranks when that
+    prompt is decoded alone, in a batch or not. Rows are ranked in one call per padding length
+    (one call when nothing is padded)."""
     mask = torch.zeros_like(confidence, dtype=torch.bool)
-    mask[:, start:end].scatter_(1, index, keep)  # into the block's view: no shifted index copy
+    for pad in sorted(set(padding)):
+        rows = None if len(set(padding)) == 1 else torch.tensor([b for b, p in enumerate(padding) if p == pad])
+        ranked = confidence[:, pad:] if rows is None else confidence[rows, pad:]
+        row_k = k if isinstance(k, int) or rows is None else k[rows]
+        chosen = _top_k(ranked, row_k)
+        if chosen is None:
+            continue
+        index, keep = chosen
+        if rows is None:
+            mask[:, pad:].scatter_(1, index, keep)
+        else:
+            mask[rows, pad:] = torch.zeros_like(ranked, dtype=torch.bool).scatter(1, index, keep)
     return mask
+
+
+def _top_k(ranked: torch.Tensor, k: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(index, keep)`` of the ``k`` largest finite entries per row, or None when ``k`` is 0."""
+    if isinstance(k, int):
+        k = min(k, ranked.shape[1])
+        if k == 0:
+            return None
+        values, index = ranked.topk(k, dim=1)
+        return index, values > NEG_INF
+    k_max = min(int(k.max()) if k.numel() else 0, ranked.shape[1])
+    if k_max == 0:
+        return None
+    values, index = ranked.topk(k_max, dim=1)
+    return index, (torch.arange(k_max)[None, :] < k[:, None]) & (values > NEG_INF)
 
 
 class TopKOptions(BaseModel):
@@ -84,7 +99,7 @@ class TopK(Component):
                 k = schedule[min(state.block_step, len(schedule) - 1)]
             else:
                 k = schedule[:, min(state.block_step, schedule.shape[1] - 1)]
-        return top_k_mask(masked_confidence(state, proposal), k, state.block_start, state.block_end)
+        return top_k_mask(masked_confidence(state, proposal), k, state.left_padding)
 
 
 class ThresholdOptions(BaseModel):
@@ -110,7 +125,7 @@ class Threshold(Component):
         confidence = masked_confidence(state, proposal)
         above = confidence >= self.options.threshold
         if self.options.near_max is None:
-            return above | top_k_mask(confidence, 1, state.block_start, state.block_end)
+            return above | top_k_mask(confidence, 1, state.left_padding)
         best = confidence.amax(dim=1, keepdim=True)
         return above | (confidence >= best - self.options.near_max)
 
@@ -141,7 +156,7 @@ class Factor(Component):
         below = (ordered < thresholds) | (rank > n_open[:, None])
         count = torch.where(below.any(dim=1), below.long().argmax(dim=1), n_open)
         count = torch.where(count == n_open - 1, n_open, count)
-        return top_k_mask(confidence, count, state.block_start, state.block_end)
+        return top_k_mask(confidence, count, state.left_padding)
 
 
 class EntropyBoundOptions(BaseModel):

@@ -110,3 +110,15 @@ def test_dinfer_hierarchy_equals_dinfer(case, threshold, low_threshold):
     ref, nfe = dinfer_hierarchy_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                          mask_id=model.mask_id, threshold=threshold, low_threshold=low_threshold)
     assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
+
+
+def test_exact_ties_break_as_in_the_published_loops():
+    # saturated float32 probabilities tie exactly; torch.topk's choice among them depends on the
+    # length of the ranked row, so the row must be ranked as LLaDA ranks it (found by hypothesis)
+    for seed in (0, 12, 41, 70):
+        model = ContextModel(5, seed=seed, scale=12.0)
+        prompt = torch.tensor([[1]])
+        ours = dd.generate(model, prompt, "llada_low_confidence", gen_length=8, block_length=8, steps=7)
+        ref, _ = llada_generate(_fn(model), prompt.clone(), steps=7, gen_length=8, block_length=8,
+                                mask_id=model.mask_id)
+        assert torch.equal(ours.sequences, ref)

@@ -209,9 +209,9 @@ def test_exact_ties_resolve_alike_alone_and_in_a_padded_batch(strategy):
     batched = dd.generate(model, torch.tensor([[0, 0, 1], [0, 0, 1]]), strategy,
                           attention_mask=torch.tensor([[1, 1, 1], [0, 0, 1]]), **kw)
     alone = dd.generate(model, torch.tensor([[1]]), strategy, **kw)
-    order = alone.trace.commit_step()[0]
-    assert torch.equal(batched.trace.commit_step()[1], order)
-    assert torch.equal(batched.trace.commit_step()[0], order)  # the prompt length does not matter either
+    assert torch.equal(batched.trace.commit_step()[1], alone.trace.commit_step()[0])
+    # (A different prompt length may break ties differently: torch.topk ranks the whole row, as
+    # the published loops do, and its choice among ties depends on the row's length.)
 
 
 def test_tracing_off_builds_no_step_records(monkeypatch):
