@@ -554,7 +554,8 @@ def report(payload: dict[str, Any], command: str, image_dir: str) -> str:
              f"Regenerate this page ({_duration(meta.get('seconds', 0))} on 2 CPU cores):", "",
              "```bash", command, "```", "",
              f"Model: `{meta.get('model', 'reference')}`; test split; n = {meta['n']} examples per task; "
-             f"one block of the task's answer length; temperature 0; torch threads: {meta.get('threads', '?')}"
+             + ("one block of the task's answer length; " if meta.get("blocks", 1) == 1 else "")
+             + f"temperature 0; torch threads: {meta.get('threads', '?')}"
              + _run_conditions(meta, "; ") + "."
              + (" **Interrupted run: partial results.**" if payload.get("interrupted") else ""), "",
              "Definitions: **NFE** = model forwards a sample cost; **TPF** = answer tokens (EOS fill "

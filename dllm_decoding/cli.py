@@ -163,14 +163,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = dd.generate(model, prompt_ids, args.strategy, overrides=overrides,
                       attention_mask=attention_mask, seed=args.seed)
     rows = []
+    if tokenizer is not None:
+        from dllm_decoding.evaluate import is_reference_checkpoint
+        from dllm_decoding.tasks import decode_answer
+
+        reference_tokens = is_reference_checkpoint(args.model)
     for i in range(out.sequences.shape[0]):
         row: dict[str, Any] = {"answer_ids": out.answers[i].tolist(), "nfe": int(out.nfe[i])}
         if tokenizer is not None:
-            from dllm_decoding.evaluate import is_reference_checkpoint
-            from dllm_decoding.tasks import decode_answer
-
-            row["answer"] = (decode_answer(tokenizer, out.answers[i]) if is_reference_checkpoint(args.model)
-                             else tokenizer.decode(out.answers[i].tolist(), skip_special_tokens=True))
+            row["answer"] = (decode_answer(tokenizer, out.answers[i]) if reference_tokens
+                             else tokenizer.decode(row["answer_ids"], skip_special_tokens=True))
         if examples is not None:
             row["prompt"] = examples[i].prompt
             row["expected"] = examples[i].answer

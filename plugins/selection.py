@@ -31,18 +31,19 @@ def top_k_mask(confidence: torch.Tensor, k: int | torch.Tensor, padding: list[in
     prompt is decoded alone, in a batch or not. Rows are ranked in one call per padding length
     (one call when nothing is padded)."""
     mask = torch.zeros_like(confidence, dtype=torch.bool)
-    for pad in sorted(set(padding)):
-        rows = None if len(set(padding)) == 1 else torch.tensor([b for b, p in enumerate(padding) if p == pad])
-        ranked = confidence[:, pad:] if rows is None else confidence[rows, pad:]
-        row_k = k if isinstance(k, int) or rows is None else k[rows]
-        chosen = _top_k(ranked, row_k)
-        if chosen is None:
-            continue
-        index, keep = chosen
-        if rows is None:
-            mask[:, pad:].scatter_(1, index, keep)
-        else:
-            mask[rows, pad:] = torch.zeros_like(ranked, dtype=torch.bool).scatter(1, index, keep)
+    pads = set(padding)
+    if len(pads) == 1:  # every row padded alike (usually: not at all): one call, in place
+        pad = pads.pop()
+        chosen = _top_k(confidence[:, pad:], k)
+        if chosen is not None:
+            mask[:, pad:].scatter_(1, *chosen)
+        return mask
+    for pad in sorted(pads):
+        rows = torch.tensor([b for b, p in enumerate(padding) if p == pad])
+        ranked = confidence[rows, pad:]
+        chosen = _top_k(ranked, k if isinstance(k, int) else k[rows])
+        if chosen is not None:
+            mask[rows, pad:] = torch.zeros_like(ranked, dtype=torch.bool).scatter(1, *chosen)
     return mask
 
 
@@ -205,7 +206,7 @@ class Hierarchy(Component):
     def select(self, state, proposal):
         start, end = state.block_start, state.block_end
         open_ = state.selectable[:, start:end]
-        confidence = torch.where(open_, proposal.confidence[:, start:end], NEG_INF)
+        confidence = masked_confidence(state, proposal)[:, start:end]
         run_starts = open_ & ~torch.nn.functional.pad(open_[:, :-1], (1, 0), value=False)
         run = torch.where(open_, run_starts.long().cumsum(dim=1) - 1, 0)  # run index of each open position
         run_best = torch.full_like(confidence, NEG_INF).scatter_reduce(1, run, confidence, "amax")

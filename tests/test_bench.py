@@ -124,6 +124,9 @@ def test_summary_claims_and_markdown():
     assert "AUP" in text
     cached = bench.markdown({"meta": {"n": 1, "blocks": 2, "kv_cache": "dual", "kv_refresh": 2}, "results": results})
     assert "answers decoded in 2 blocks and key-value cache 'dual', refreshed after every 2 cached forwards" in cached
+    blocks_page = bench.report({"meta": {"n": 1, "blocks": 2}, "results": results}, "dllm-decode bench", "img")
+    assert "one block of the task's answer length" not in blocks_page and "answers decoded in 2 blocks" in blocks_page
+    assert "one block of the task's answer length" in page
 
 
 @pytest.fixture(scope="module")
