@@ -5,15 +5,16 @@
 >>> out.sequences, out.nfe
 """
 
-from .components import Component, NoOptions
-from .errors import ConfigError, DecodingError, InputError, ModelError, PluginError
-from .hookspecs import hookimpl, hookspec
-from .state import DecodeState, GenerateOutput, Proposal, StepRecord
-from .models import (CallableModel, DecodeSession, Denoiser, HFMaskedDiffusionModel, as_model)
-from .manager import get_registry, make_plugin_manager, reset_default_registry
-from .config import Strategy, list_strategies, load_strategy
-from .loop import generate
-from .trace import Trace, TraceRecorder
+from .core.components import Component, NoOptions
+from .core.errors import ConfigError, DecodingError, InputError, ModelError, PluginError
+from .core.hookspecs import hookimpl, hookspec
+from .core.state import DecodeState, GenerateOutput, Proposal, StepRecord
+from .core.denoiser import DecodeSession, Denoiser
+from .core.manager import get_registry, make_plugin_manager, reset_default_registry
+from .core.config import Strategy, list_strategies, load_strategy
+from .core.loop import generate
+from .core.trace import Trace, TraceRecorder
+from .models import CallableModel, HFMaskedDiffusionModel, as_model  # registers the model adapters
 
 __all__ = [
     "CallableModel", "Component", "ConfigError", "DecodeSession", "DecodeState", "DecodingError",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError, did_you_mean
+from .core.errors import ConfigError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
 DIGITS = "0123456789"

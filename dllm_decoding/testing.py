@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .models import DecodeSession, Denoiser
+from .core.denoiser import DecodeSession, Denoiser
 
 NEG_INF = float("-inf")
 
@@ -153,8 +153,8 @@ def _conformance_suite() -> type:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from .config import load_strategy
-    from .loop import generate
+    from .core.config import load_strategy
+    from .core.loop import generate
 
     @st.composite
     def decode_cases(draw: Any) -> dict[str, Any]:

@@ -1,7 +1,5 @@
 """Built-in plugins, installed as ``dllm_decoding.plugins``.
 
-Each module is an ordinary plugin module registered exactly like a third-party one (see
-``dllm_decoding.manager.make_plugin_manager``).
+Each module is an ordinary plugin module registered exactly like a third-party one; the plugin
+manager loads them by name (``dllm_decoding.core.manager.BUILTIN_PLUGINS``).
 """
-
-BUILTIN = ("scoring", "selection", "credit", "remasking", "observers", "presets")

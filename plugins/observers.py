@@ -1,7 +1,6 @@
 """Observer components (lifecycle hooks only)."""
 
-from dllm_decoding import hookimpl
-from dllm_decoding.trace import TraceRecorder
+from dllm_decoding import TraceRecorder, hookimpl
 
 
 @hookimpl

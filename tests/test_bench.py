@@ -8,23 +8,24 @@ import pytest
 import torch
 
 import dllm_decoding as dd
-from dllm_decoding import bench, cli, plots
-from dllm_decoding.evaluate import evaluate
+from dllm_decoding import cli
+from dllm_decoding.evaluation import bench, metrics, overhead, plots, report
+from dllm_decoding.evaluation.evaluate import evaluate
 from dllm_decoding.reference.tokenizer import build_tokenizer
 from dllm_decoding.testing import ContextModel
 
 
 def test_aup_hand_computed():
     # the 70% point is more than 5 points below the least parallel one: dropped
-    assert bench.aup([(1, 80), (2, 80), (4, 70)], y_max=80) == pytest.approx(80 + 80)
+    assert metrics.aup([(1, 80), (2, 80), (4, 70)], y_max=80) == pytest.approx(80 + 80)
     w = math.exp(-3 * (1 - 78 / 80))
-    assert bench.aup([(2, 78), (1, 80)], y_max=80) == pytest.approx(80 + (80 + 78 * w) / 2)
-    assert bench.aup_weight(90, 80) == 1.0 and bench.aup([], 80) == 0.0
+    assert metrics.aup([(2, 78), (1, 80)], y_max=80) == pytest.approx(80 + (80 + 78 * w) / 2)
+    assert metrics.aup_weight(90, 80) == 1.0 and metrics.aup([], 80) == 0.0
 
 
 def test_pareto_front():
     pts = [(1, 90), (2, 85), (2, 80), (3, 70), (1.5, 60), (4, 70)]
-    assert plots.pareto_front(pts) == [(1, 90), (2, 85), (4, 70)]
+    assert metrics.pareto_front(pts) == [(1, 90), (2, 85), (4, 70)]
 
 
 def test_settings_parse_and_validate_before_work(monkeypatch):
@@ -41,9 +42,9 @@ def test_settings_parse_and_validate_before_work(monkeypatch):
 
 
 def test_cli_rejects_bad_names_before_loading_a_model(capsys, monkeypatch):
-    from dllm_decoding import evaluate as evaluate_module
+    from dllm_decoding.cli import common
 
-    monkeypatch.setattr(evaluate_module, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
     assert cli.main(["bench", "--setting", "fast_dllm_threshold:select.treshold=0.5", "--out", "/tmp/x"]) == 2
     assert "unknown option 'treshold'" in capsys.readouterr().err
     assert cli.main(["bench", "--tasks", "sorting", "--out", "/tmp/x"]) == 2
@@ -56,7 +57,8 @@ def test_cli_rejects_bad_names_before_loading_a_model(capsys, monkeypatch):
 
 
 def test_perturbed_logits_temper_keeping_the_argmax_and_add_seeded_noise():
-    from dllm_decoding.evaluate import PerturbedLogits, load_model
+    from dllm_decoding.evaluation.loading import load_model
+    from dllm_decoding.models import PerturbedLogits
     from dllm_decoding.tasks import encode_batch, get_task
 
     model, tokenizer = load_model("reference")
@@ -98,7 +100,7 @@ def test_interrupt_keeps_finished_results(tmp_path, monkeypatch):
         bench.run(None, None, settings, ["sort"], 4, tmp_path, progress=False)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["interrupted"] is True and len(saved["results"]) == 1
-    assert "INTERRUPTED" in bench.markdown(saved)
+    assert "INTERRUPTED" in report.markdown(saved)
 
 
 def test_summary_claims_and_markdown():
@@ -109,7 +111,7 @@ def test_summary_claims_and_markdown():
                     _fake_result(task, "credit_decoding(threshold=0.5)", "credit_decoding", 0.6, 1),
                     _fake_result(task, "fast_dllm_threshold(threshold=0.9)", "fast_dllm_threshold", 0.9, 3),
                     _fake_result(task, "fast_dllm_threshold(threshold=0.5)", "fast_dllm_threshold", 0.6, 1.5)]
-    claims = bench.claims(results)
+    claims = metrics.claims(results)
     speed = claims["speedup_vs_one_token_per_step"]
     assert speed["credit"] == "credit_decoding(threshold=0.9)" and speed["forward_reduction"] == 5.0
     match = {m["credit"]: m for m in claims["credit_vs_fast_dllm"]}["credit_decoding(threshold=0.9)"]
@@ -117,14 +119,14 @@ def test_summary_claims_and_markdown():
     assert match["fast_dllm_nfe_interpolated"] == 3
     same = claims["credit_vs_fast_dllm_same_threshold"]
     assert [(m["threshold"], m["credit_nfe"], m["fast_dllm_nfe"]) for m in same] == [(0.5, 1, 1.5), (0.9, 2, 3)]
-    page = bench.report({"meta": {"n": 1}, "results": results}, "dllm-decode bench", "img")
+    page = report.report({"meta": {"n": 1}, "results": results}, "dllm-decode bench", "img")
     assert "| 0.9 | 90.0 (3.00) | 90.0 (2.00) | +33.3% |" in page
-    text = bench.markdown({"meta": {"n": 1}, "results": results})
+    text = report.markdown({"meta": {"n": 1}, "results": results})
     assert "| `credit_decoding(threshold=0.9)` | 90.0 | 2.00 | 5.00 |" in text
     assert "AUP" in text
-    cached = bench.markdown({"meta": {"n": 1, "blocks": 2, "kv_cache": "dual", "kv_refresh": 2}, "results": results})
+    cached = report.markdown({"meta": {"n": 1, "blocks": 2, "kv_cache": "dual", "kv_refresh": 2}, "results": results})
     assert "answers decoded in 2 blocks and key-value cache 'dual', refreshed after every 2 cached forwards" in cached
-    blocks_page = bench.report({"meta": {"n": 1, "blocks": 2}, "results": results}, "dllm-decode bench", "img")
+    blocks_page = report.report({"meta": {"n": 1, "blocks": 2}, "results": results}, "dllm-decode bench", "img")
     assert "one block of the task's answer length" not in blocks_page and "answers decoded in 2 blocks" in blocks_page
     assert "one block of the task's answer length" in page
 
@@ -172,7 +174,7 @@ def test_report_page_has_verdicts_tables_and_keeps_hand_written_notes(tmp_path):
                                         "outside_forward_us_per_step": {"framework": 200.0, "bare": 100.0},
                                         "outside_forward_overhead_percent": 4.0}}}
     page = tmp_path / "docs" / "benchmarks.md"
-    bench.write_report(payload, page, tmp_path / "docs" / "benchmarks")
+    report.write_report(payload, page, tmp_path / "docs" / "benchmarks")
     text = page.read_text()
     assert "5.00x fewer forwards" in text and "holds" in text
     # Fast-dLLM interpolated at 90%: 1.5 + (4 - 1.5) * (0.9 - 0.6) / (0.95 - 0.6) = 3.643
@@ -180,13 +182,13 @@ def test_report_page_has_verdicts_tables_and_keeps_hand_written_notes(tmp_path):
     assert "| `credit_decoding(threshold=0.9)` | 90.0 (2.0) | 90.0 (2.0) |" in text
     assert "| 1 | 31 | 1.90 / 1.90 | 10.5 | 10.0 | +5.0% [+3.0, +7.5] | 200 / 100 | +4.0% |" in text and "](benchmarks/pareto.png)" in text
     # hand-written analysis between the markers survives regeneration
-    page.write_text(text.replace(bench.NOTES_START, bench.NOTES_START + "\nOur analysis.\n"))
-    bench.write_report(payload, page, tmp_path / "docs" / "benchmarks")
+    page.write_text(text.replace(report.NOTES_START, report.NOTES_START + "\nOur analysis.\n"))
+    report.write_report(payload, page, tmp_path / "docs" / "benchmarks")
     assert "Our analysis." in page.read_text()
 
 
 def test_memory_watch_sees_a_decode_sized_allocation():
-    from dllm_decoding.evaluate import MemoryWatch
+    from dllm_decoding.evaluation.memory import MemoryWatch
 
     watch = MemoryWatch()
     block = torch.ones(25_000_000)  # 95.4 MiB, touched
@@ -199,10 +201,10 @@ def test_memory_watch_sees_a_decode_sized_allocation():
 
 
 def test_overhead_bench_pairs_identical_decodes_and_splits_out_the_forwards():
-    from dllm_decoding.evaluate import load_model
+    from dllm_decoding.evaluation.loading import load_model
 
     model, tokenizer = load_model("reference")
-    result = bench.overhead(model, tokenizer, n=4, repeats=3, batch_size=2)
+    result = overhead.overhead(model, tokenizer, n=4, repeats=3, batch_size=2)
     assert result["batch"] == 2 and result["repeats"] == 3 and result["forwards"] == 16
     assert result["framework_forward_calls"] == 16  # one token per step: the same forwards as the bare loop
     low, high = result["overhead_percent_iqr"]
@@ -219,6 +221,6 @@ def test_fast_dllm_price_of_an_accuracy_comes_from_its_pareto_front():
              [(0.957, 1.68), (0.979, 1.73), (0.989, 1.80), (0.991, 1.93), (0.989, 2.39), (0.987, 10.38)]]
     # 98.7% costs at most 1.80 forwards (98.9% at 1.80), never the 10.38 of a dominated setting:
     # on the front, between 97.9% at 1.73 and 98.9% at 1.80
-    assert math.isclose(bench._nfe_at_accuracy(sweep, 0.987), 1.73 + 0.07 * 0.8)
-    assert bench._nfe_at_accuracy(sweep, 0.989) == 1.80
-    assert bench._nfe_at_accuracy(sweep, 0.995) is None and bench._nfe_at_accuracy(sweep, 0.9) is None
+    assert math.isclose(metrics._nfe_at_accuracy(sweep, 0.987), 1.73 + 0.07 * 0.8)
+    assert metrics._nfe_at_accuracy(sweep, 0.989) == 1.80
+    assert metrics._nfe_at_accuracy(sweep, 0.995) is None and metrics._nfe_at_accuracy(sweep, 0.9) is None

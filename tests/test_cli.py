@@ -63,13 +63,13 @@ def test_errors_exit_2_with_one_line(capsys, argv, message):
 def test_strategy_reference_doc_is_current(monkeypatch):
     monkeypatch.setenv("DLLM_DECODING_DISABLE_PLUGIN_AUTOLOAD", "1")
     registry = get_registry(make_plugin_manager())
-    expected = cli.strategy_reference(registry)
+    expected = cli.strategies.strategy_reference(registry)
     assert (ROOT / "docs" / "strategies.md").read_text() == expected + "\n", \
         "docs/strategies.md is stale: DLLM_DECODING_DISABLE_PLUGIN_AUTOLOAD=1 dllm-decode strategies --markdown > docs/strategies.md"
 
 
 def test_train_reference_passes_every_argument_to_the_trainer(capsys, monkeypatch):
-    from dllm_decoding.reference import train
+    from dllm_decoding.cli import train
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train-reference", "--help"])

@@ -45,8 +45,10 @@ DOC_COMMANDS = [(p.name, argv) for p in DOCS for argv in cli_commands(p)]
 def test_documented_commands_parse(name, argv):
     """The CLI accepts every command the docs show (arguments, names of settings and tasks);
     nothing runs."""
-    from dllm_decoding import bench, cli
-    from dllm_decoding.reference import train
+    from dllm_decoding import cli
+    from dllm_decoding.evaluation import bench
+    from dllm_decoding.cli import train
+    from dllm_decoding.tasks import TASKS
 
     try:
         args = cli.parse_args(argv)
@@ -58,7 +60,7 @@ def test_documented_commands_parse(name, argv):
         return
     if args.command == "bench" and not args.overhead:
         settings = bench.parse_settings(args.settings) if args.settings else bench.SWEEPS["full"]
-        bench.validate(settings, args.tasks or list(bench.TASKS))
+        bench.validate(settings, args.tasks or list(TASKS))
 
 
 def test_the_docs_show_commands():

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import dllm_decoding as dd
 from dllm_decoding import cli
-from dllm_decoding.evaluate import PerturbedLogits
+from dllm_decoding.models import PerturbedLogits
 from dllm_decoding.reference import load_reference_model
 from dllm_decoding.tasks import TASKS, encode_batch
 

@@ -225,7 +225,7 @@ def test_training_loss_function_runs_and_is_finite(reference):
 
 
 def test_tiny_training_run_writes_a_loadable_checkpoint_and_is_seeded(tmp_path):
-    from dllm_decoding.reference import train
+    from dllm_decoding.cli import train
 
     args = ["--steps", "6", "--hidden", "16", "--layers", "1", "--heads", "2", "--ff", "32", "--batch-tokens", "256",
             "--eval-every", "3", "--save-every", "4", "--val-n", "4", "--eval-n", "2", "--quiet", "--seed", "3"]
@@ -250,7 +250,7 @@ def test_tiny_training_run_writes_a_loadable_checkpoint_and_is_seeded(tmp_path):
 
 
 def test_training_help_and_bad_threads():
-    from dllm_decoding.reference.train import build_parser
+    from dllm_decoding.cli.train import build_parser
 
     text = build_parser().format_help()
     for flag in ("--minutes", "--steps", "--threads", "--seed", "--out"):

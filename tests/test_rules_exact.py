@@ -215,7 +215,7 @@ def test_exact_ties_resolve_alike_alone_and_in_a_padded_batch(strategy):
 
 
 def test_tracing_off_builds_no_step_records(monkeypatch):
-    from dllm_decoding import loop
+    from dllm_decoding.core import loop
 
     built = []
     real = loop.StepRecord

@@ -15,7 +15,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ModelError
+from ..core.errors import ModelError
 from .modeling import MODEL_TYPE, ReferenceConfig, ReferenceModelForMaskedLM
 
 __all__ = ["MODEL_TYPE", "REQUIRED_FILES", "ReferenceConfig", "ReferenceModelForMaskedLM", "checkpoint_dir",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .metrics import pareto_front
 
 
 def _plt():
@@ -17,17 +18,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points (tpf, accuracy) not dominated by another (higher or equal in both, one strictly),
-    sorted by tpf."""
-    front = []
-    for x, y in points:
-        dominated = any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points)
-        if not dominated:
-            front.append((x, y))
-    return sorted(set(front))
 
 
 def plot_accuracy_vs_tpf(rows: list[dict[str, Any]], path: Path, title: str) -> Path:

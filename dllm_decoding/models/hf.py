@@ -1,102 +1,15 @@
-"""Model adapters: what the loop needs from a dLLM, and wrappers for common model kinds.
-
-The loop talks to a :class:`Denoiser`, which opens one :class:`DecodeSession` per decode (so a
-model can keep per-decode state such as caches or self-conditioning logits). A session returns
-logits aligned so that ``logits[:, i]`` predicts token ``i``.
-"""
+"""Hugging Face masked-diffusion models as denoisers, optionally with Fast-dLLM's key-value cache."""
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .errors import InputError, ModelError
-
-
-class DecodeSession:
-    """One decode's view of a model. Subclass and override :meth:`forward`."""
-
-    def __init__(self, denoiser: Denoiser, attention_mask: torch.Tensor) -> None:
-        self.denoiser = denoiser
-        self.attention_mask = attention_mask  # (B, T) long, 0 on left padding
-
-    def initial_noise(self, batch: int, length: int, generators: list[torch.Generator]) -> torch.Tensor:
-        """Tokens that fill undecided positions: ``[MASK]`` for masked-diffusion models
-        (uniform-noise models draw random tokens from the per-row ``generators``)."""
-        return torch.full((batch, length), self.denoiser.mask_id, dtype=torch.long)
-
-    def forward(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """Logits ``(b, T, V)`` for ``canvas`` ``(b, T)``; ``rows`` are their indices in the batch
-        (``None`` = all rows, in order)."""
-        raise NotImplementedError
-
-    def observe_fused(self, logits: torch.Tensor, rows: torch.Tensor | None) -> None:
-        """The fused logits of this step (for self-conditioning models); ignored by default."""
-
-    def start_block(self, start: int, end: int) -> None:
-        """Block ``[start, end)`` (canvas columns) begins; sessions that cache per block reset
-        here. Ignored by default."""
-
-    def rows_mask(self, rows: torch.Tensor | None) -> torch.Tensor:
-        return self.attention_mask if rows is None else self.attention_mask[rows]
-
-
-class Denoiser:
-    """A dLLM as the loop sees it: ``mask_id``, ``vocab_size`` and a session factory."""
-
-    mask_id: int | None
-    vocab_size: int
-    name: str = "model"
-
-    def start_session(self, attention_mask: torch.Tensor) -> DecodeSession:
-        raise NotImplementedError
-
-
-class _CallableSession(DecodeSession):
-    def forward(self, canvas, rows):
-        den: CallableModel = self.denoiser  # type: ignore[assignment]
-        with torch.no_grad():
-            if den.takes_attention_mask:
-                return den.fn(canvas, attention_mask=self.rows_mask(rows))
-            return den.fn(canvas)
-
-
-class CallableModel(Denoiser):
-    """Any callable ``ids (B, T) -> logits (B, T, V)``; one that accepts an ``attention_mask``
-    keyword gets the (left-padding) mask too."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor], *, mask_id: int, vocab_size: int,
-                 name: str | None = None) -> None:
-        if not callable(fn):
-            raise InputError(f"as_model: expected a callable ids -> logits, got {type(fn).__name__}")
-        if not isinstance(vocab_size, int) or vocab_size < 2:
-            raise InputError(f"as_model: vocab_size must be an int >= 2, got {vocab_size!r}")
-        if not isinstance(mask_id, int) or not 0 <= mask_id < vocab_size:
-            raise InputError(f"as_model: mask_id={mask_id!r} is outside the vocabulary "
-                             f"[0, {vocab_size}); pass the id of the model's mask token")
-        self.fn = fn
-        self.mask_id = mask_id
-        self.vocab_size = vocab_size
-        self.name = name or getattr(fn, "__name__", type(fn).__name__)
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            params = {}
-        self.takes_attention_mask = "attention_mask" in params or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-    def start_session(self, attention_mask):
-        return _CallableSession(self, attention_mask)
-
-
-def as_model(fn: Callable[..., torch.Tensor], *, mask_id: int, vocab_size: int) -> CallableModel:
-    """Wrap any callable ``ids (B, T) -> logits (B, T, V)`` as a model the loop can decode."""
-    return CallableModel(fn, mask_id=mask_id, vocab_size=vocab_size)
+from ..core.denoiser import DecodeSession, Denoiser, register_model_adapter
+from ..core.errors import InputError
 
 
 class _HFSession(DecodeSession):
@@ -226,41 +139,9 @@ def _takes_attention_mask(model_class: type) -> bool:
     return "attention_mask" in _forward_parameters(model_class)
 
 
-def as_denoiser(model: Any) -> Denoiser:
-    """Accept a :class:`Denoiser` or a Hugging Face model; explain what to do with anything else."""
-    if isinstance(model, Denoiser):
-        return model
+@register_model_adapter
+def _adapt_hf_module(model: Any) -> Denoiser | None:
+    """A Hugging Face model (a torch module with a config) decodes as a masked-diffusion model."""
     if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
         return HFMaskedDiffusionModel(model)
-    if callable(model):
-        raise InputError("got a bare callable as model; wrap it first: "
-                         "dd.as_model(fn, mask_id=..., vocab_size=...)")
-    raise InputError(f"cannot decode with a {type(model).__name__}; pass a Hugging Face model, "
-                     f"dd.as_model(fn, ...) or a dllm_decoding.Denoiser")
-
-
-def check_logits(logits: Any, expected: tuple[int, int, int], model_name: str) -> torch.Tensor:
-    """One clear error for a model that returns the wrong thing."""
-    if not isinstance(logits, torch.Tensor):
-        raise ModelError(f"model {model_name!r} returned {type(logits).__name__}, "
-                         f"expected a logits tensor of shape {expected}")
-    if tuple(logits.shape) != expected:
-        raise ModelError(f"model {model_name!r} returned logits of shape {tuple(logits.shape)}, "
-                         f"expected (batch, positions, vocab_size) = {expected}")
-    if not logits.is_floating_point():
-        raise ModelError(f"model {model_name!r} returned {logits.dtype} logits; expected floats")
-    # fast path, one reduction: a finite sum of all logits rules out NaN, +inf and -inf. Models
-    # that give some tokens -inf (a legitimate "never") get a second one: a position's max
-    # propagates NaN and is +inf or (all -inf row) -inf, so a finite sum of maxima rules out the
-    # three faults; anything else, overflow included, goes to the exact check below
-    if math.isfinite(float(logits.sum())) or math.isfinite(float(logits.amax(dim=-1).sum())):
-        return logits
-    # -inf is a legitimate "never this token"; NaN, +inf and an all -inf row are not.
-    bad = torch.isnan(logits) | (logits == float("inf"))
-    if bool(bad.any()):
-        b, t, v = (int(i) for i in bad.nonzero()[0])
-        raise ModelError(f"model {model_name!r} returned non-finite logits (NaN or +inf), first at "
-                         f"row {b}, position {t}, token {v}; check the model's dtype and inputs")
-    if bool((logits == float("-inf")).all(-1).any()):
-        raise ModelError(f"model {model_name!r} returned a position whose logits are all -inf")
-    return logits
+    return None

@@ -1,6 +1,6 @@
 """Plugin discovery: a factory for plugin managers and the registries built from them.
 
-Built-in plugins are ordinary plugin modules listed in ``dllm_decoding.plugins.BUILTIN`` and
+Built-in plugins are ordinary plugin modules listed in ``BUILTIN_PLUGINS`` and
 registered exactly like third-party ones; third-party modules come from the entry-point group
 ``dllm_decoding`` unless automatic loading is switched off (``load_entrypoints=False`` or the
 environment variable ``DLLM_DECODING_DISABLE_PLUGIN_AUTOLOAD=1``).
@@ -87,10 +87,13 @@ class PluginRegistry:
         return cls
 
 
-def _builtin_modules() -> list[ModuleType]:
-    from .plugins import BUILTIN  # the package built from the top-level plugins/ folder
+#: the built-in plugin modules (the package built from the top-level plugins/ folder), loaded
+#: by name like pytest's default plugins: the core imports no concrete plugin
+BUILTIN_PLUGINS = ("scoring", "selection", "credit", "remasking", "observers", "presets")
 
-    return [importlib.import_module(f"dllm_decoding.plugins.{mod}") for mod in BUILTIN]
+
+def _builtin_modules() -> list[ModuleType]:
+    return [importlib.import_module(f"dllm_decoding.plugins.{mod}") for mod in BUILTIN_PLUGINS]
 
 
 def make_plugin_manager(*, load_entrypoints: bool | None = None,

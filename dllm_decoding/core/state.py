@@ -133,7 +133,7 @@ class GenerateOutput:
 
     ``sequences`` ``(B, P + gen_length)`` long, prompt included; ``nfe`` ``(B,)`` long: model
     forwards each row cost (the steps it took part in); ``trace``: a
-    :class:`~dllm_decoding.trace.Trace` when ``trace=True`` was asked for; ``stats``:
+    :class:`~dllm_decoding.Trace` when ``trace=True`` was asked for; ``stats``:
     ``forward_calls``, the number of batched model calls (the wall-clock cost: rows that
     finished a block wait for the others, so it is at least ``nfe.max()``).
     """

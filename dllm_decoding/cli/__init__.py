@@ -1,0 +1,104 @@
+"""``dllm-decode``: list and inspect strategies, decode, evaluate, benchmark, train.
+
+Every subcommand takes ``--set key=value`` overrides with the same dotted keys as Python
+(``select.threshold=0.8``, ``fuse.credit.alpha=0.5``, ``steps=64``) and ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..core.errors import DecodingError
+from . import bench, evaluate, generate, strategies, train
+from .common import add_model_arguments, add_overrides
+
+DESCRIPTION = """\
+Decode diffusion language models with composable strategies.
+
+examples:
+  dllm-decode strategies                          list the presets
+  dllm-decode strategies credit_decoding          show one preset with every option resolved
+  dllm-decode demo                                the three reference presets side by side
+  dllm-decode generate --model reference --task sort --strategy credit_decoding --set select.threshold=0.8
+  dllm-decode generate --model toy --prompt-ids 1,2,3 --gen-length 8 --strategy fast_dllm_threshold
+  dllm-decode eval --model reference --strategy credit_decoding --task sort --n 200
+  dllm-decode bench --quick
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dllm-decode", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("strategies", help="list presets, or show one with every option resolved")
+    p.add_argument("name", nargs="?", help="a preset name or a .toml path")
+    add_overrides(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--markdown", action="store_true", help="print the Markdown reference of all presets and components")
+    p.set_defaults(func=strategies.cmd_strategies)
+
+    p = sub.add_parser("plugins", help="list every registered component and the plugin it comes from")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=strategies.cmd_plugins)
+
+    p = sub.add_parser("generate", help="decode prompts with a strategy and print answers and NFE")
+    add_model_arguments(p, toy=True)
+    p.add_argument("--strategy", default="credit_decoding", help="preset name or .toml path")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--task", help="decode test examples of this task (reference model)")
+    src.add_argument("--prompt", help="a text prompt (models with a tokenizer)")
+    src.add_argument("--prompt-ids", help="comma-separated token ids, e.g. 1,2,3")
+    p.add_argument("--n", type=int, default=4, help="examples with --task (default 4)")
+    p.add_argument("--gen-length", type=int, help="answer length (default: the task's, or the strategy's)")
+    p.add_argument("--block-length", type=int, help="semi-autoregressive block length")
+    p.add_argument("--seed", type=int, default=0)
+    add_overrides(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=generate.cmd_generate)
+
+    p = sub.add_parser("demo", help="the three reference presets side by side on the reference model")
+    add_model_arguments(p)
+    p.add_argument("--tasks", nargs="*", help="tasks to show (default: all)")
+    p.add_argument("--n", type=int, default=32, help="test examples per task (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=generate.cmd_demo)
+
+    p = sub.add_parser("eval", help="accuracy, NFE and speed of one strategy on one task")
+    evaluate.configure_eval_parser(p)
+    p.set_defaults(func=evaluate.run_eval)
+
+    p = sub.add_parser("bench", help="sweep strategies x settings x tasks; JSON, Markdown, plots")
+    bench.configure_bench_parser(p)
+    p.set_defaults(func=bench.run_bench)
+
+    p = sub.add_parser("train-reference", help="train the reference model (arguments go to the trainer; "
+                                               "see dllm-decode train-reference --help)", add_help=False)
+    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=train.cmd_train)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (exits on a bad argument or ``--help``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-reference"]:
+        # the trainer parses its own arguments; argparse's REMAINDER would reject a leading --option
+        return argparse.Namespace(command="train-reference", func=train.cmd_train, train_args=argv[1:])
+    return build_parser().parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DecodingError as exc:
+        print(f"dllm-decode {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+

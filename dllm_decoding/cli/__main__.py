@@ -1,0 +1,7 @@
+"""``python -m dllm_decoding.cli`` = ``dllm-decode``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

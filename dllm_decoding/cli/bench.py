@@ -1,0 +1,86 @@
+"""``dllm-decode bench``: strategies x settings x tasks -> JSON, Markdown, PNG.
+
+    dllm-decode bench --out docs/benchmarks --report docs/benchmarks.md   # the page, regenerated
+    dllm-decode bench --quick                          # < 2 minutes on 2 cores
+    dllm-decode bench --overhead                       # framework vs a bare hand-written loop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..core.errors import ConfigError
+from ..evaluation.bench import QUICK_TASKS, SWEEPS, make_plots, parse_settings, run, validate, write_results
+from ..evaluation.metrics import claims
+from ..evaluation.overhead import measure_overhead
+from ..evaluation.report import markdown, overhead_table, write_report
+from ..tasks import TASKS
+from .common import add_blocks_argument, add_model_arguments, model_from_args, model_options
+
+
+def configure_bench_parser(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--tasks", nargs="*", help=f"tasks (default: all; --quick: {' '.join(QUICK_TASKS)})")
+    p.add_argument("--setting", dest="settings", action="append", default=[], metavar="PRESET[:K=V,...]",
+                   help="a setting to run instead of the built-in sweep, e.g. credit_decoding:select.threshold=0.8 (repeatable)")
+    p.add_argument("--n", type=int, help="test examples per task (default 200; --quick 32)")
+    p.add_argument("--batch-size", type=int, default=64)
+    add_blocks_argument(p)
+    p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
+    p.add_argument("--overhead", action="store_true", help="only measure framework vs bare-loop decode time")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and trace figures")
+    p.add_argument("--out", default="bench-results", help="output directory (bench.json, bench.md, PNGs)")
+    p.add_argument("--report", metavar="PAGE.md",
+                   help="also measure the framework overhead and write the full benchmarks page "
+                        "(docs/benchmarks.md: verdicts on CreditDecoding's claims, tables, plots from --out)")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    if args.overhead:
+        if model_options(args):
+            raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature, "
+                              "--logit-noise and --kv-cache (the bare loop has none of them)")
+        model, tokenizer = model_from_args(args, decodes_tasks="bench --overhead")
+        results = measure_overhead(model, tokenizer)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "overhead.json").write_text(json.dumps(results, indent=2))
+        (out_dir / "overhead.md").write_text("\n".join(overhead_table(results)) + "\n")
+        print("\n".join(overhead_table(results)))
+        print(f"wrote {out_dir / 'overhead.json'} and {out_dir / 'overhead.md'}")
+        return 0
+    settings = parse_settings(args.settings) if args.settings else SWEEPS["quick" if args.quick else "full"]
+    tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
+    n = args.n or (32 if args.quick else 200)
+    validate(settings, tasks, args.blocks)  # before loading anything
+    model, tokenizer = model_from_args(args, decodes_tasks="bench")
+    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), "blocks": args.blocks,
+            **model_options(args)}
+    start = time.time()
+    try:
+        payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta,
+                      blocks=args.blocks)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished results kept in {out_dir / 'bench.json'}")
+        raise
+    payload["claims"] = claims(payload["results"])
+    if not args.no_plots:
+        payload["plots"] = make_plots(payload, model, tokenizer, out_dir,
+                                      task="latin_square" if "latin_square" in tasks else tasks[0],
+                                      n=min(n, 64))
+    if args.report:
+        payload["overhead"] = measure_overhead(model, tokenizer)
+    payload["meta"]["seconds"] = round(time.time() - start, 1)
+    write_results(out_dir, payload)
+    (out_dir / "bench.md").write_text(markdown(payload))
+    if args.report:
+        write_report(payload, Path(args.report), out_dir)
+        print(f"wrote {args.report}")
+    print(markdown(payload))
+    print(json.dumps(payload["claims"], indent=2))
+    return 0

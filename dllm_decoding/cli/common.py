@@ -1,0 +1,97 @@
+"""Arguments shared by the commands, and the model they ask for."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError
+from ..evaluation.loading import is_reference_checkpoint, load_model
+from ..models import KV_CACHE_MODES
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a strategy option with a dotted key, e.g. select.threshold=0.8 "
+                             "or fuse.credit.alpha=0.5 (repeatable)")
+
+
+def add_blocks_argument(p: argparse.ArgumentParser) -> None:
+    """``--blocks N`` for the commands that decode task answers (eval, bench)."""
+    p.add_argument("--blocks", type=int, default=1, metavar="N",
+                   help="decode each answer in this many equal blocks (default 1)")
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, toy: bool = False) -> None:
+    """``--model``, the logit perturbations and the key-value cache, the same for every command that decodes."""
+    p.add_argument("--model", default="reference",
+                   help="'reference', 'toy' or a local checkpoint directory (the reference architecture, "
+                        "or any Hugging Face masked-diffusion model)" if toy
+                   else "'reference' or a local checkpoint directory (the reference architecture, or any "
+                        "Hugging Face masked-diffusion model: generate only)")
+    p.add_argument("--logit-temperature", type=float, default=1.0, metavar="TAU",
+                   help="divide the model's logits by TAU before any strategy sees them: TAU > 1 makes an "
+                        "under-confident model with the same argmax (stress-tests confidence rules)")
+    p.add_argument("--logit-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="add Gaussian noise of this standard deviation to the logits at every forward "
+                        "(seeded): confidence that fluctuates from step to step")
+    p.add_argument("--mask-id", type=int, default=None, metavar="ID",
+                   help="a checkpoint other than the reference model: its [MASK] token id, when its config has "
+                        "no mask_token_id (LLaDA: 126336)")
+    p.add_argument("--shift-logits", action="store_true",
+                   help="a checkpoint whose logits[:, i] predict token i + 1 (Dream)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a checkpoint that ships its own modeling code (LLaDA, Dream) run it")
+    p.add_argument("--kv-cache", choices=KV_CACHE_MODES, default=None,
+                   help="Fast-dLLM's key-value cache: each block's first step runs the whole sequence, later "
+                        "steps compute only the block ('dual') or the block and what follows ('prefix') "
+                        "against the cached keys and values; approximate, faster (default: no cache)")
+    p.add_argument("--kv-refresh", type=int, default=None, metavar="N",
+                   help="with --kv-cache: refresh the cache with a full forward after every N cached forwards "
+                        "(default: at block starts only)")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """How the arguments change the model ({} for none: logit perturbations and the key-value
+    cache), checked before any work."""
+    tau, noise, kv_cache, kv_refresh = args.logit_temperature, args.logit_noise, args.kv_cache, args.kv_refresh
+    if not (math.isfinite(tau) and tau > 0):
+        raise ConfigError(f"--logit-temperature must be a positive number, got {tau}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ConfigError(f"--logit-noise must be a number >= 0, got {noise}")
+    options: dict[str, Any] = {}
+    if tau != 1.0 or noise != 0.0:
+        options.update(logit_temperature=tau, logit_noise=noise)
+    if kv_refresh is not None and (kv_cache is None or kv_refresh < 1):
+        raise ConfigError(f"--kv-refresh {kv_refresh}: give a number >= 1 of cached forwards between refreshes, "
+                          f"together with --kv-cache prefix or dual")
+    if kv_cache is not None:
+        options.update(kv_cache=kv_cache)
+    if kv_refresh is not None:
+        options.update(kv_refresh=kv_refresh)
+    if options and args.model == "toy":
+        raise ConfigError("--logit-temperature, --logit-noise and --kv-cache need a checkpoint model; the "
+                          "toy model is a plain function (use --model reference)")
+    foreign = {"mask_id": args.mask_id, "shift_logits": args.shift_logits or None,
+               "trust_remote_code": args.trust_remote_code or None}
+    foreign = {k: v for k, v in foreign.items() if v is not None}
+    if foreign and (args.model in ("toy", "reference") or is_reference_checkpoint(args.model)):
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise ConfigError(f"{flags}: for checkpoints other than the reference model; {args.model!r} needs none")
+    return {**options, **foreign}
+
+
+def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = None) -> tuple[Any, Any]:
+    """The model the arguments ask for. ``decodes_tasks``: the command's name when it decodes
+    task prompts, which need a tokenizer (so not the toy model)."""
+    options = model_options(args)
+    if decodes_tasks and args.model == "toy":
+        raise ConfigError(f"{decodes_tasks} decodes task prompts: it needs a model with a tokenizer "
+                          f"(--model reference or a checkpoint directory), not the toy model")
+    if decodes_tasks and Path(args.model).is_dir() and not is_reference_checkpoint(args.model):
+        raise ConfigError(f"{decodes_tasks} decodes the reference tasks, whose prompts are written for the "
+                          f"reference model's tokenizer; {args.model!r} is another model. Decode your own "
+                          f"prompts with `dllm-decode generate --model {args.model} --prompt ...` or dd.generate")
+    return load_model(args.model, **options)

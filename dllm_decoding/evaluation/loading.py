@@ -1,0 +1,77 @@
+"""Models by name, as the commands take them: ``reference`` (the shipped checkpoint), ``toy`` (a
+plain function) or a local checkpoint directory, with logit perturbations and the key-value
+cache applied when asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError, ModelError
+from ..models import HFMaskedDiffusionModel, PerturbedLogits
+from ..reference import _first_line, _no_progress_bar, load_reference_model
+from ..reference.modeling import MODEL_TYPE
+from ..testing import ContextModel
+
+
+def is_reference_checkpoint(name: str) -> bool:
+    """Whether ``name`` is the shipped reference model or a directory holding one (its
+    config.json says so), without loading anything."""
+    if name == "reference":
+        return True
+    config = Path(name) / "config.json"
+    try:
+        return json.loads(config.read_text()).get("model_type") == MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0,
+               kv_cache: str | None = None, kv_refresh: int | None = None, mask_id: int | None = None,
+               shift_logits: bool = False, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``reference``, ``toy`` (tokenizer None) or a local checkpoint
+    directory (the reference architecture, or any Hugging Face masked-diffusion model), its
+    logits perturbed when asked (:class:`PerturbedLogits`) and decoded with a key-value cache
+    when asked (``HFMaskedDiffusionModel(kv_cache=...)``)."""
+    if name == "toy":
+        return ContextModel(vocab_size=16), None
+    if is_reference_checkpoint(name) or not Path(name).is_dir():  # its loader names what is wrong
+        model, tokenizer = load_reference_model(None if name == "reference" else name)
+    else:
+        model, tokenizer = load_hf_checkpoint(name, trust_remote_code=trust_remote_code)
+        if mask_id is None and getattr(model.config, "mask_token_id", None) is None:
+            raise ConfigError(f"--model {name}: its config has no mask_token_id; pass --mask-id "
+                              f"(the [MASK] token's id, e.g. 126336 for LLaDA)")
+    if logit_temperature != 1.0 or logit_noise:
+        model = PerturbedLogits(model, logit_temperature, logit_noise)
+    if kv_cache is not None or mask_id is not None or shift_logits:
+        model = HFMaskedDiffusionModel(model, mask_id=mask_id, shift_logits=shift_logits,
+                                       kv_cache=kv_cache, kv_refresh=kv_refresh)
+    return model, tokenizer
+
+
+def load_hf_checkpoint(path: str, *, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A local Hugging Face checkpoint, offline: the model through ``AutoModelForMaskedLM`` or,
+    when its config maps no masked-LM class (LLaDA and Dream register theirs as ``AutoModel``),
+    ``AutoModel``; its tokenizer when the directory has one, else None."""
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    hint = "" if trust_remote_code else " (a checkpoint with its own modeling code needs --trust-remote-code)"
+    model, failures = None, []
+    with _no_progress_bar():
+        for auto in (AutoModelForMaskedLM, AutoModel):
+            try:
+                model = auto.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+                break
+            except Exception as exc:  # transformers raises ValueError, OSError, ImportError...
+                failures.append(f"{auto.__name__}: {_first_line(exc)}")
+    if model is None and not trust_remote_code and all("custom code" in f for f in failures):
+        raise ModelError(f"{path!r} ships its own modeling code; pass --trust-remote-code to run it")
+    if model is None:
+        raise ModelError(f"cannot load a model from {path!r}{hint}: {'; '.join(failures)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception:  # a checkpoint without tokenizer files decodes --prompt-ids only
+        tokenizer = None
+    return model.eval(), tokenizer

@@ -1,0 +1,15 @@
+"""Model adapters: callables, Hugging Face masked-diffusion models (with Fast-dLLM's key-value
+cache), and logit perturbations. The protocol they implement is :mod:`dllm_decoding.core.denoiser`.
+
+A new model family goes here as one module (as transformers keeps one folder per model) that
+subclasses :class:`Denoiser` / :class:`DecodeSession` or the Hugging Face adapter and registers
+itself with :func:`~dllm_decoding.core.denoiser.register_model_adapter`.
+"""
+
+from ..core.denoiser import DecodeSession, Denoiser, as_denoiser, check_logits
+from .callable import CallableModel, as_model
+from .hf import KV_CACHE_MODES, HFMaskedDiffusionModel
+from .perturbed import PerturbedLogits
+
+__all__ = ["KV_CACHE_MODES", "CallableModel", "DecodeSession", "Denoiser", "HFMaskedDiffusionModel",
+           "PerturbedLogits", "as_denoiser", "as_model", "check_logits"]
