@@ -2,21 +2,50 @@
 
 A strategy names one component per hook point (a list, in order, for ``fuse``) plus the
 generation options. Options are overridden with dotted keys, the same in Python and on the
-command line: ``select.threshold=0.8``, ``fuse.credit.alpha=0.5``, ``steps=64``.
+command line: ``select.threshold=0.8``, ``fuse.credit.alpha=0.5``, ``steps=64``. An option whose
+meaning is None (``block_length``, ``select.near_max``, ``select.k``, ``remask``) is set back to
+None with the string ``none``, the same in ``--set`` and TOML (``near_max = "none"``).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .components import Component
+from .arguments import _human as _bytes, check_overrides
+from .components import Component, FiniteFloat, StrictInt, explain_validation_error, validate_options
 from .errors import ConfigError, did_you_mean
+
+#: the largest gen_length, block_length, steps and max_steps_per_block a strategy takes: one
+#: forward's logits are (batch, prompt + gen_length, vocab) floats, so 2**20 answer positions
+#: already need 4 MiB per vocabulary entry and row (0.5 TB for a 126k-token vocabulary)
+MAX_LENGTH = 1 << 20
+
+#: the spelling of None in ``--set`` values and TOML files (TOML has no null)
+NONE_SPELLING = "none"
+
+
+def is_none_spelling(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == NONE_SPELLING
+
+
+def admits_none(annotation: Any) -> bool:
+    """Whether a field annotation accepts None (``float | None``, ``Optional[...]``, ...)."""
+    if annotation is None or annotation is NoneType:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return admits_none(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(admits_none(arg) for arg in get_args(annotation))
+    return False
 from .manager import PluginRegistry, get_registry
 
 
@@ -41,9 +70,18 @@ class ComponentConfig(BaseModel):
 
 
 class Strategy(BaseModel):
-    """A complete decoding strategy: components per hook point plus generation options."""
+    """A complete decoding strategy: components per hook point plus generation options.
+
+    Constructing one with an invalid value raises :class:`ConfigError`, as ``load_strategy``
+    does."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc).replace("invalid option: ", "invalid strategy: ")) from None
 
     description: str = ""
     fuse: list[ComponentConfig] = Field(default_factory=list)
@@ -51,12 +89,30 @@ class Strategy(BaseModel):
     select: ComponentConfig
     remask: ComponentConfig | None = None
     observers: list[ComponentConfig] = Field(default_factory=list)
-    gen_length: int = Field(64, gt=0, description="answer positions to generate")
-    block_length: int | None = Field(None, gt=0, description="semi-AR block size; default: gen_length")
-    steps: int | None = Field(None, gt=0, description="schedule steps over all blocks; default: gen_length")
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy argmax")
-    max_steps_per_block: int | None = Field(
+    gen_length: StrictInt = Field(64, gt=0, description="answer positions to generate")
+    block_length: StrictInt | None = Field(None, gt=0, description="semi-AR block size; default: gen_length")
+    steps: StrictInt | None = Field(None, gt=0, description="schedule steps over all blocks; default: gen_length")
+    temperature: FiniteFloat = Field(0.0, ge=0.0, description="0 = greedy argmax")
+    max_steps_per_block: StrictInt | None = Field(
         None, gt=0, description="remasking strategies: steps per block after which remask stops")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_spelling(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            data = {k: None if k in _NULLABLE_FIELDS and is_none_spelling(v) else v for k, v in data.items()}
+        return data
+
+    @field_validator("gen_length", "block_length", "steps", "max_steps_per_block")
+    @classmethod
+    def _machine_sized(cls, value: int | None, info: Any) -> int | None:
+        if value is not None and value > MAX_LENGTH:
+            need = value * 4
+            raise ValueError(
+                f"more than any machine decodes, at most {MAX_LENGTH}"
+                + (f" (one forward's logits would need {_bytes(need)} per row and vocabulary entry)"
+                   if info.field_name in ("gen_length", "block_length") else ""))
+        return value
 
     @field_validator("fuse", "observers", mode="before")
     @classmethod
@@ -135,38 +191,35 @@ class Strategy(BaseModel):
         return data
 
 
+_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "remask")
+
+
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 def _validate_options(cls: type[Component], cfg: ComponentConfig, where: str) -> BaseModel:
     fields = cls.Options.model_fields
-    for key in cfg.options:
+    options = dict(cfg.options)
+    for key, value in options.items():
         if key not in fields:
             raise ConfigError(f"{where}: unknown option {key!r} for component {cls.name!r}; "
                               f"{did_you_mean(key, fields)}")
-    try:
-        return cls.Options.model_validate(cfg.options)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, prefix=f"{where}.", component=cls.name)) from None
+        if is_none_spelling(value) and admits_none(fields[key].annotation):
+            options[key] = None  # `--set select.near_max=none`, `near_max = "none"` in TOML
+    return validate_options(cls.Options, options, prefix=f"{where}.", component=cls.name)
 
 
-def _explain(exc: ValidationError, prefix: str = "", component: str | None = None) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = prefix + ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        got = f" (got {err['input']!r})" if err["loc"] and not isinstance(err.get("input"), dict) else ""
-        parts.append(f"{loc.rstrip('.')}: {msg}{got}" if loc.rstrip(".") else msg)
-    where = f" of component {component!r}" if component else ""
-    return f"invalid option{where}: " + "; ".join(parts)
+_explain = explain_validation_error
 
 
 # --------------------------------------------------------------------------- loading
 
 
 def parse_override_value(text: str) -> Any:
-    """Parse a command-line value as a TOML value (numbers, booleans, lists); else a string."""
+    """Parse a command-line value as a TOML value (numbers, booleans, lists); else a string.
+    ``none`` stays the string "none", which validation reads as None where a field takes None."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -187,6 +240,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of the raw strategy dict with dotted-key overrides applied."""
+    check_overrides(overrides)
     data = copy.deepcopy(data)
     fields = Strategy.model_fields
     for key, value in overrides.items():
@@ -236,13 +290,27 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
     return data
 
 
-def _read_toml(path: Any) -> dict[str, Any]:
+def _read_toml(path: Any, origin: str | None = None) -> dict[str, Any]:
+    """A strategy file's table; ``origin``: the plugin that registered it as a preset."""
+    of = f" (preset of plugin {origin!r})" if origin else ""
     try:
         return tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"strategy file {str(path)!r} does not exist") from None
+        fix = (": the plugin's package does not ship it (package data: see docs/writing-a-plugin.md), "
+               "reinstall or fix the plugin, or disable it with DLLM_DECODING_DISABLE_PLUGINS"
+               if origin else "")
+        raise ConfigError(f"strategy file {str(path)!r}{of} does not exist{fix}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"strategy file {str(path)!r}{of} is a directory, not a .toml file") from None
+    except PermissionError:
+        raise ConfigError(f"strategy file {str(path)!r}{of} cannot be read (permission denied)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"strategy file {str(path)!r}{of} is not UTF-8 text (byte {exc.start}: "
+                          f"{exc.reason}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"strategy file {str(path)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"strategy file {str(path)!r}{of} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"strategy file {str(path)!r}{of} cannot be read: {exc.strerror or exc}") from None
 
 
 def strategy_source(spec: str | Path, registry: PluginRegistry) -> dict[str, Any]:
@@ -259,7 +327,7 @@ def strategy_source(spec: str | Path, registry: PluginRegistry) -> dict[str, Any
     # per generate call otherwise); callers get their own copy to apply overrides to
     key = str(source)
     if key not in _PRESET_CACHE:
-        _PRESET_CACHE[key] = _read_toml(source)
+        _PRESET_CACHE[key] = _read_toml(source, registry.preset_origin.get(spec))
     return copy.deepcopy(_PRESET_CACHE[key])
 
 
@@ -282,10 +350,11 @@ def load_strategy(spec: str | Path | Mapping[str, Any] | Strategy,
         raise ConfigError(f"strategy must be a preset name, a .toml path, a dict or a Strategy, "
                           f"not {type(spec).__name__}")
     data = apply_overrides(data, overrides or {})
-    try:
-        strategy = Strategy.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc).replace("invalid option: ", "invalid strategy: ")) from None
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"invalid strategy: key {bad_keys[0]!r} is not a field name; fields: "
+                          f"{', '.join(Strategy.model_fields)}")
+    strategy = Strategy(**data)  # ConfigError naming every invalid field
     strategy.instantiate(registry)  # validates component names and options now, not mid-decode
     return strategy
 
