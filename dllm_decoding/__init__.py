@@ -5,7 +5,7 @@
 >>> out.sequences, out.nfe
 """
 
-from .core.components import Component, NoOptions
+from .core.components import Component, FiniteFloat, NoOptions, OptionsModel, StrictInt
 from .core.errors import ConfigError, DecodingError, InputError, ModelError, PluginError
 from .core.hookspecs import hookimpl, hookspec
 from .core.state import DecodeState, GenerateOutput, Proposal, StepRecord
@@ -18,9 +18,9 @@ from .models import CallableModel, HFMaskedDiffusionModel, as_model  # registers
 
 __all__ = [
     "CallableModel", "Component", "ConfigError", "DecodeSession", "DecodeState", "DecodingError",
-    "Denoiser", "GenerateOutput", "HFMaskedDiffusionModel", "InputError", "ModelError",
-    "NoOptions", "PluginError", "Proposal", "StepRecord", "Strategy", "Trace", "TraceRecorder",
-    "as_model", "generate", "get_registry", "hookimpl", "hookspec", "list_strategies",
+    "Denoiser", "FiniteFloat", "GenerateOutput", "HFMaskedDiffusionModel", "InputError", "ModelError",
+    "NoOptions", "OptionsModel", "PluginError", "Proposal", "StepRecord", "Strategy", "StrictInt", "Trace",
+    "TraceRecorder", "as_model", "generate", "get_registry", "hookimpl", "hookspec", "list_strategies",
     "load_strategy", "make_plugin_manager", "reset_default_registry",
 ]
 __version__ = "0.1.0"
