@@ -6,7 +6,7 @@
 """
 
 from .core.components import Component, FiniteFloat, NoOptions, OptionsModel, StrictInt
-from .core.errors import ConfigError, DecodingError, InputError, ModelError, PluginError
+from .core.errors import ConfigError, DecodingError, InputError, ModelError, PluginError, PluginWarning
 from .core.hookspecs import hookimpl, hookspec
 from .core.state import DecodeState, GenerateOutput, Proposal, StepRecord
 from .core.denoiser import DecodeSession, Denoiser
@@ -19,7 +19,7 @@ from .models import CallableModel, HFMaskedDiffusionModel, as_model  # registers
 __all__ = [
     "CallableModel", "Component", "ConfigError", "DecodeSession", "DecodeState", "DecodingError",
     "Denoiser", "FiniteFloat", "GenerateOutput", "HFMaskedDiffusionModel", "InputError", "ModelError",
-    "NoOptions", "OptionsModel", "PluginError", "Proposal", "StepRecord", "Strategy", "StrictInt", "Trace",
+    "NoOptions", "OptionsModel", "PluginError", "PluginWarning", "Proposal", "StepRecord", "Strategy", "StrictInt", "Trace",
     "TraceRecorder", "as_model", "generate", "get_registry", "hookimpl", "hookspec", "list_strategies",
     "load_strategy", "make_plugin_manager", "reset_default_registry",
 ]

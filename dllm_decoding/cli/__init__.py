@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 
-from ..core.errors import DecodingError
+from ..core.errors import DecodingError, PluginWarning
 from . import bench, evaluate, generate, strategies, train
 from .common import add_model_arguments, add_overrides
 
@@ -31,6 +33,8 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dllm-decode", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the full traceback (a raising plugin's included), not one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("strategies", help="list presets, or show one with every option resolved")
@@ -79,24 +83,49 @@ def build_parser() -> argparse.ArgumentParser:
                                                "see dllm-decode train-reference --help)", add_help=False)
     p.add_argument("train_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=train.cmd_train)
+    for name, subparser in sub.choices.items():
+        if name != "train-reference":  # --debug after the command too; SUPPRESS keeps the top-level value
+            subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="on an error, print the full traceback, not one line")
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line as ``main`` reads it (exits on a bad argument or ``--help``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train-reference"]:
+    debug = argv[:1] == ["--debug"]
+    if argv[debug:debug + 1] == ["train-reference"]:
         # the trainer parses its own arguments; argparse's REMAINDER would reject a leading --option
-        return argparse.Namespace(command="train-reference", func=train.cmd_train, train_args=argv[1:])
+        rest = argv[debug + 1:]
+        return argparse.Namespace(command="train-reference", func=train.cmd_train, debug=debug or "--debug" in rest,
+                                  train_args=[a for a in rest if a != "--debug"])
     return build_parser().parse_args(argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    """A broken plugin's warning as one line on stderr; other warnings as Python shows them."""
+    if issubclass(category, PluginWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    debug = getattr(args, "debug", False)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except DecodingError as exc:
-        print(f"dllm-decode {args.command}: error: {exc}", file=sys.stderr)
+        if debug:  # the chain shows the plugin's or library's own traceback under ours
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"dllm-decode {args.command}: error: {exc}"
+              + ("" if debug else " (--debug shows the traceback)" if exc.__cause__ is not None else ""),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -19,9 +19,12 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     if args.name is None:
         rows = []
         for name in dd.list_strategies(registry):
-            strat = dd.load_strategy(name, registry=registry)
-            rows.append({"name": name, "origin": registry.preset_origin[name],
-                         "description": strat.description})
+            row = {"name": name, "origin": registry.preset_origin[name]}
+            try:
+                row["description"] = dd.load_strategy(name, registry=registry).description
+            except dd.DecodingError as exc:  # one broken preset must not hide the others
+                row.update(description=f"(broken: {exc})", error=str(exc))
+            rows.append(row)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -88,9 +91,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     registry = dd.get_registry()
     rows = [{"component": name, "hook_point": cls.hook_point, "plugin": registry.component_origin[name],
              "options": list(cls.Options.model_fields)} for name, cls in sorted(registry.components.items())]
+    # installed plugins skipped because they failed: one row each, with the error
+    broken = [{"component": None, "hook_point": None, "plugin": f.plugin, "options": [], "skipped": True,
+               "error": f.error} for f in registry.failures]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows + broken, indent=2))
         return 0
     for r in rows:
         print(f"{r['component']:<22} {r['hook_point']:<9} {r['plugin']:<28} options: {', '.join(r['options']) or '-'}")
+    for r in broken:
+        print(f"{'(skipped: broken)':<32} {r['plugin']:<28} error: {r['error']}")
+    if broken:
+        print(f"\nskipped plugins are left out; fix or uninstall them, or switch them off with "
+              f"{dd.core.manager.DISABLE_ENV}={','.join(r['plugin'] for r in broken)}")
     return 0

@@ -26,6 +26,10 @@ class PluginError(DecodingError, RuntimeError):
     """A plugin raised, returned a wrong value, or could not be registered."""
 
 
+class PluginWarning(UserWarning):
+    """An installed plugin is broken and was skipped (the rest keeps working)."""
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """A short hint naming the closest valid choices and listing all of them."""
     choices = sorted(choices)
