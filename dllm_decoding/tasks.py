@@ -22,6 +22,8 @@ import torch
 from .core.errors import ConfigError, did_you_mean
 
 SPLITS = ("train", "validation", "test")
+#: the most examples one call draws (a larger n would only exhaust memory or the task)
+MAX_EXAMPLES = 1_000_000
 DIGITS = "0123456789"
 NAMES = ("ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal", "ivy", "jon", "kim", "lea",
          "max", "ned", "oli", "pam", "ray", "sue", "tom", "val")
@@ -54,13 +56,20 @@ class Task:
         """``n`` distinct examples of ``split``, the same for the same seed."""
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_EXAMPLES:
+            raise ConfigError(f"task {self.name!r}: n={n!r} examples; give a number from 1 to {MAX_EXAMPLES}")
         rng = random.Random(f"{self.name}/{split}/{seed}")
         out, seen = [], set()
+        misses = 0  # draws since the last new example: the split is exhausted long before 200 * n
         for _ in range(200 * n + 1000):
             ex = self.make(rng)
             key = self.canonical(ex)
             if key in seen or self.split_of(ex) != split:
+                misses += 1
+                if misses > 20_000:
+                    break
                 continue
+            misses = 0
             seen.add(key)
             out.append(ex)
             if len(out) == n:

@@ -98,8 +98,9 @@ def test_interrupt_keeps_finished_results(tmp_path, monkeypatch):
     settings = bench.parse_settings(["fast_dllm_threshold", "credit_decoding"])
     with pytest.raises(KeyboardInterrupt):
         bench.run(None, None, settings, ["sort"], 4, tmp_path, progress=False)
-    saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["interrupted"] is True and len(saved["results"]) == 1
+    assert not (tmp_path / "bench.json").exists()  # a committed bench.json is never clobbered
+    saved = json.loads((tmp_path / "bench.partial.json").read_text())
+    assert saved["interrupted"] is True and saved["partial"] is True and len(saved["results"]) == 1
     assert "INTERRUPTED" in report.markdown(saved)
 
 

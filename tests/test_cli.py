@@ -158,7 +158,8 @@ def test_foreign_checkpoints_say_what_they_need(capsys, bert_checkpoint, tmp_pat
         (["eval", "--model", str(folder), "--task", "sort"], "is another model. Decode your own prompts with"),
         (["bench", "--quick", "--model", str(folder), "--out", str(tmp_path)], "bench decodes the reference tasks"),
         (["generate", "--mask-id", "3", "--prompt", "abc"], "--mask-id: for checkpoints other than the reference"),
-        (["generate", "--model", str(tmp_path), "--mask-id", "3", "--prompt", "abc"], "cannot load a model from"),
+        (["generate", "--model", str(tmp_path), "--mask-id", "3", "--prompt", "abc"],
+         "is not a model checkpoint: it has no config.json (the folder is empty)"),
     ]:
         assert cli.main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv

@@ -8,19 +8,43 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from ..core.errors import ConfigError
-from ..evaluation.bench import QUICK_TASKS, SWEEPS, make_plots, parse_settings, run, validate, write_results
+from ..evaluation.bench import (PARTIAL_NAME, QUICK_TASKS, SWEEPS, make_plots, parse_settings, run, validate,
+                                write_partial, write_results)
 from ..evaluation.metrics import claims
 from ..evaluation.overhead import measure_overhead
 from ..evaluation.report import markdown, overhead_table, write_report
 from ..tasks import TASKS
-from .common import add_blocks_argument, add_model_arguments, model_from_args, model_options
+from .common import (add_blocks_argument, add_model_arguments, check_batch_size, check_example_count,
+                     check_writable_dir, check_writable_file, model_from_args, model_options)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a killed job, a CI timeout) stops the run as Ctrl-C does: finished results are
+    kept, marked interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def configure_bench_parser(p: argparse.ArgumentParser) -> None:
@@ -46,9 +70,9 @@ def run_bench(args: argparse.Namespace) -> int:
         if model_options(args):
             raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature, "
                               "--logit-noise and --kv-cache (the bare loop has none of them)")
+        check_writable_dir(out_dir, "--out")
         model, tokenizer = model_from_args(args, decodes_tasks="bench --overhead")
         results = measure_overhead(model, tokenizer)
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "overhead.json").write_text(json.dumps(results, indent=2))
         (out_dir / "overhead.md").write_text("\n".join(overhead_table(results)) + "\n")
         print("\n".join(overhead_table(results)))
@@ -56,31 +80,43 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     settings = parse_settings(args.settings) if args.settings else SWEEPS["quick" if args.quick else "full"]
     tasks = args.tasks or (QUICK_TASKS if args.quick else list(TASKS))
-    n = args.n or (32 if args.quick else 200)
+    n = args.n if args.n is not None else (32 if args.quick else 200)
+    check_example_count(n)
+    check_batch_size(args.batch_size)
     validate(settings, tasks, args.blocks)  # before loading anything
+    check_writable_dir(out_dir, "--out")  # before the run, not after it
+    if args.report:
+        check_writable_file(args.report, "--report")
     model, tokenizer = model_from_args(args, decodes_tasks="bench")
     meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), "blocks": args.blocks,
             **model_options(args)}
     start = time.time()
-    try:
-        payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta,
-                      blocks=args.blocks)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished results kept in {out_dir / 'bench.json'}")
-        raise
-    payload["claims"] = claims(payload["results"])
-    if not args.no_plots:
-        payload["plots"] = make_plots(payload, model, tokenizer, out_dir,
-                                      task="latin_square" if "latin_square" in tasks else tasks[0],
-                                      n=min(n, 64))
-    if args.report:
-        payload["overhead"] = measure_overhead(model, tokenizer)
+    payload = None
+    with sigterm_as_interrupt():
+        try:
+            payload = run(model, tokenizer, settings, tasks, n, out_dir, batch_size=args.batch_size, meta=meta,
+                          blocks=args.blocks)
+            payload["claims"] = claims(payload["results"])
+            if not args.no_plots:
+                payload["plots"] = make_plots(payload, model, tokenizer, out_dir,
+                                              task="latin_square" if "latin_square" in tasks else tasks[0],
+                                              n=min(n, 64))
+            if args.report:
+                payload["overhead"] = measure_overhead(model, tokenizer)
+        except KeyboardInterrupt:
+            if payload is not None:  # stopped after the sweep (plots, overhead): the results are whole
+                payload["interrupted"] = True
+                write_partial(out_dir, payload)
+            print(f"interrupted: finished results kept in {out_dir / PARTIAL_NAME} (marked \"interrupted\"); "
+                  f"{out_dir / 'bench.json'} is unchanged")
+            raise
     payload["meta"]["seconds"] = round(time.time() - start, 1)
-    write_results(out_dir, payload)
+    results_path = write_results(out_dir, payload)
     (out_dir / "bench.md").write_text(markdown(payload))
     if args.report:
         write_report(payload, Path(args.report), out_dir)
-        print(f"wrote {args.report}")
     print(markdown(payload))
     print(json.dumps(payload["claims"], indent=2))
+    written = [str(results_path), str(out_dir / "bench.md"), *payload.get("plots", {}).values()]
+    print(f"wrote {', '.join(written)}" + (f" and {args.report}" if args.report else ""))
     return 0

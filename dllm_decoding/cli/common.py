@@ -4,12 +4,66 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..evaluation.loading import is_reference_checkpoint, load_model
+from ..evaluation.loading import check_checkpoint_dir, is_reference_checkpoint, load_model
 from ..models import KV_CACHE_MODES
+from ..tasks import MAX_EXAMPLES
+
+
+def check_example_count(n: int | None, flag: str = "--n") -> None:
+    """A number of task examples, checked before any work."""
+    if n is not None and not 1 <= n <= MAX_EXAMPLES:
+        raise ConfigError(f"{flag} {n}: give a number of examples from 1 to {MAX_EXAMPLES}")
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: give a number of rows per decode call >= 1")
+
+
+def check_writable_dir(path: str | Path, flag: str) -> Path:
+    """Create ``path`` if needed and write a probe file into it, before any work: a path under a
+    regular file, a read-only folder or a full disk fail now, in one line, not after the run."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{flag} {str(path)!r}: it is a file, not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"{flag} {str(path)!r}: cannot create the folder: {exc.strerror or exc}") from None
+    _probe(path, flag, str(path))
+    return path
+
+
+def check_writable_file(path: str | Path, flag: str) -> Path:
+    """``path``'s folder must exist and take a file (checked before any work)."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r}: it is a folder; give a file name")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r}: the folder {str(parent)!r} does not exist" +
+                          (" (it is a file)" if parent.exists() else "; create it first"))
+    _probe(parent, flag, str(path))
+    return path
+
+
+def _probe(folder: Path, flag: str, shown: str) -> None:
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".dllm-write-check-")
+        try:
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)  # a full disk (ENOSPC) shows here, not only after the run
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {shown!r}: cannot write there: {exc.strerror or exc}") from None
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -64,9 +118,11 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if tau != 1.0 or noise != 0.0:
         options.update(logit_temperature=tau, logit_noise=noise)
-    if kv_refresh is not None and (kv_cache is None or kv_refresh < 1):
-        raise ConfigError(f"--kv-refresh {kv_refresh}: give a number >= 1 of cached forwards between refreshes, "
-                          f"together with --kv-cache prefix or dual")
+    if kv_refresh is not None and kv_refresh < 1:
+        raise ConfigError(f"--kv-refresh {kv_refresh}: give a number >= 1 of cached forwards between refreshes")
+    if kv_refresh is not None and kv_cache is None:
+        raise ConfigError(f"--kv-refresh {kv_refresh} refreshes the key-value cache: it needs --kv-cache "
+                          f"prefix or dual")
     if kv_cache is not None:
         options.update(kv_cache=kv_cache)
     if kv_refresh is not None:
@@ -90,6 +146,8 @@ def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = Non
     if decodes_tasks and args.model == "toy":
         raise ConfigError(f"{decodes_tasks} decodes task prompts: it needs a model with a tokenizer "
                           f"(--model reference or a checkpoint directory), not the toy model")
+    if decodes_tasks and Path(args.model).is_dir():
+        check_checkpoint_dir(args.model)  # an empty or corrupt folder says so, not "another model"
     if decodes_tasks and Path(args.model).is_dir() and not is_reference_checkpoint(args.model):
         raise ConfigError(f"{decodes_tasks} decodes the reference tasks, whose prompts are written for the "
                           f"reference model's tokenizer; {args.model!r} is another model. Decode your own "

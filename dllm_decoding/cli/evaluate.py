@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
 from ..core.config import load_strategy, parse_overrides
+from ..core.errors import ConfigError
 from ..evaluation.evaluate import block_length, evaluate
 from ..tasks import get_task
-from .common import add_blocks_argument, add_model_arguments, model_from_args, model_options
+from .common import (add_blocks_argument, add_model_arguments, check_batch_size, check_example_count,
+                     check_writable_file, model_from_args, model_options)
 
 
 def configure_eval_parser(p: argparse.ArgumentParser) -> None:
@@ -30,6 +34,10 @@ def configure_eval_parser(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task)
+    check_example_count(args.n)
+    check_batch_size(args.batch_size)
+    if args.json:
+        check_writable_file(args.json, "--json")  # before the run, not after it
     overrides = parse_overrides(args.overrides)
     load_strategy(args.strategy, {"gen_length": task.gen_length, "block_length": block_length(task, args.blocks),
                                   **overrides})
@@ -44,6 +52,10 @@ def run_eval(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
+        try:
+            Path(args.json).write_text(text + "\n")
+        except OSError as exc:
+            raise ConfigError(f"--json {args.json!r}: cannot write the results ({exc.strerror or exc}); they "
+                              f"are printed above") from None
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0

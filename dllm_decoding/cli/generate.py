@@ -11,13 +11,28 @@ import torch
 import dllm_decoding as dd
 from ..core.config import parse_overrides
 from ..evaluation.loading import is_reference_checkpoint
-from ..tasks import TASKS, decode_answer, encode_batch, get_task
-from .common import model_from_args
+from ..tasks import ALPHABET, TASKS, decode_answer, encode_batch, get_task
+from .common import check_example_count, model_from_args
+
+
+def parse_prompt_ids(text: str) -> torch.Tensor:
+    """``--prompt-ids 1,2,3`` as a (1, P) LongTensor; anything else one InputError."""
+    items = [t.strip() for t in text.split(",")]
+    bad = [t for t in items if not (t.isdigit() or (t[:1] == "-" and t[1:].isdigit()))]
+    if bad or not items:
+        raise dd.InputError(f"--prompt-ids {text!r}: expected comma-separated integer token ids, e.g. 1,2,3 "
+                            f"(not {', '.join(repr(t) for t in bad)})")
+    return torch.tensor([[int(t) for t in items]])
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-
     overrides = parse_overrides(args.overrides)
+    for flag, value in (("--gen-length", args.gen_length), ("--block-length", args.block_length)):
+        if value is not None and value < 1:  # checked here: 0 used to be silently ignored
+            raise dd.ConfigError(f"{flag} {value}: give a positive number of positions")
+    if args.task:
+        check_example_count(args.n)
+    prompt_ids = parse_prompt_ids(args.prompt_ids) if args.prompt_ids else None
     model, tokenizer = model_from_args(args)
     examples = None
     if args.task:
@@ -28,19 +43,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_ids, attention_mask = encode_batch(tokenizer, examples, task)
         overrides.setdefault("gen_length", task.gen_length)
         overrides.setdefault("block_length", task.gen_length)
-    elif args.prompt_ids:
-        prompt_ids = torch.tensor([[int(t) for t in args.prompt_ids.split(",")]])
+    elif prompt_ids is not None:
         attention_mask = None
     elif args.prompt:
         if tokenizer is None:
             raise dd.InputError("--prompt needs a model with a tokenizer; use --prompt-ids for the toy model")
+        if is_reference_checkpoint(args.model):  # its tokenizer maps unknown characters to [PAD]
+            unknown = sorted(set(args.prompt) - set(ALPHABET))
+            if unknown:
+                raise dd.InputError(f"--prompt {args.prompt!r} has characters the reference tokenizer does "
+                                    f"not know: {''.join(unknown)!r}; it knows {''.join(ALPHABET)!r}")
         prompt_ids = torch.tensor([tokenizer.encode(args.prompt, add_special_tokens=False)])
+        if prompt_ids.shape[1] == 0:
+            raise dd.InputError("--prompt is empty after tokenization; give at least one token")
         attention_mask = None
     else:
         raise dd.InputError("give --task NAME, --prompt TEXT or --prompt-ids 1,2,3")
-    if args.gen_length:
+    if args.gen_length is not None:
         overrides["gen_length"] = args.gen_length
-    if args.block_length:
+    if args.block_length is not None:
         overrides["block_length"] = args.block_length
     out = dd.generate(model, prompt_ids, args.strategy, overrides=overrides,
                       attention_mask=attention_mask, seed=args.seed)
@@ -69,6 +90,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The three reference presets side by side on the reference model."""
+    check_example_count(args.n)
+    for name in args.tasks or ():
+        get_task(name)  # an unknown task before loading anything
     model, tokenizer = model_from_args(args, decodes_tasks="demo")
     presets = ["llada_low_confidence", "fast_dllm_threshold", "credit_decoding"]
     results = []

@@ -1,7 +1,10 @@
 """Sweeps: strategies x settings x tasks, evaluated and written to ``bench.json`` (``dllm-decode bench``).
 
-Every strategy, override key and task is validated before the first decode. Results are written
-after every finished setting, so an interrupted run (Ctrl-C) keeps what it finished.
+Every strategy, override key and task is validated before the first decode. While the sweep
+runs, results go to ``bench.partial.json`` after every finished setting (``"partial": true``), so
+an interrupted run (Ctrl-C, SIGTERM) keeps what it finished, marked ``"interrupted": true``;
+``bench.json`` is written (atomically) only once everything is done, so a committed one is never
+replaced by partial results.
 """
 
 from __future__ import annotations
@@ -84,17 +87,41 @@ def validate(settings: list[Setting], tasks: list[str], blocks: int = 1) -> None
             raise ConfigError(f"setting {s.label}: {exc}") from None
 
 
-def write_results(out_dir: Path, payload: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "bench.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(out_dir / "bench.json")
+RESULTS_NAME = "bench.json"
+PARTIAL_NAME = "bench.partial.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:  # a full disk or a vanished folder: one line, the finished work named
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def write_results(out_dir: Path, payload: dict[str, Any]) -> Path:
+    """The finished sweep as ``bench.json`` (atomically); the partial file is removed."""
+    path = out_dir / RESULTS_NAME
+    _write_atomically(path, json.dumps({k: v for k, v in payload.items() if k != "partial"}, indent=1))
+    (out_dir / PARTIAL_NAME).unlink(missing_ok=True)
+    return path
+
+
+def write_partial(out_dir: Path, payload: dict[str, Any]) -> Path:
+    """Results so far as ``bench.partial.json``, marked ``"partial": true``."""
+    path = out_dir / PARTIAL_NAME
+    _write_atomically(path, json.dumps({**payload, "partial": True}, indent=1))
+    return path
 
 
 def run(model: Any, tokenizer: Any, settings: list[Setting], tasks: list[str], n: int, out_dir: Path,
         batch_size: int = 64, progress: bool = True, meta: dict[str, Any] | None = None,
         blocks: int = 1) -> dict[str, Any]:
-    """Run the sweep; ``bench.json`` is rewritten after every finished (task, setting)."""
+    """Run the sweep; ``bench.partial.json`` is rewritten after every finished (task, setting)
+    (and marked interrupted on Ctrl-C / SIGTERM); the caller writes ``bench.json`` at the end."""
     from tqdm import tqdm
 
     validate(settings, tasks, blocks)
@@ -111,10 +138,10 @@ def run(model: Any, tokenizer: Any, settings: list[Setting], tasks: list[str], n
                              overrides=setting.overrides, blocks=blocks)
             r["label"] = setting.label
             payload["results"].append(r)
-            write_results(out_dir, payload)
+            write_partial(out_dir, payload)
     except KeyboardInterrupt:
         payload["interrupted"] = True
-        write_results(out_dir, payload)
+        write_partial(out_dir, payload)
         raise
     return payload
 

@@ -30,6 +30,8 @@ def evaluate(model: Any, tokenizer: Any, strategy: Any, task: Task | str, n: int
     """Decode ``n`` examples of ``task`` with ``strategy`` and measure everything; the answer
     is decoded in ``blocks`` equal blocks."""
     task = get_task(task) if isinstance(task, str) else task
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}: give a number of rows per decode call >= 1")
     overrides = {"gen_length": task.gen_length, "block_length": block_length(task, blocks), **(overrides or {})}
     load_strategy(strategy, overrides)  # fail before any work
     examples = task.examples(split, n, seed=seed)

@@ -10,6 +10,8 @@ from typing import Any
 
 from ..core.errors import ConfigError, ModelError
 from ..models import HFMaskedDiffusionModel, PerturbedLogits
+from ..models.families import check_generic_checkpoint, family_of, load_tokenizer, read_config
+from ..models.families import load_model as load_family_model
 from ..reference import _first_line, _no_progress_bar, load_reference_model
 from ..reference.modeling import MODEL_TYPE
 from ..testing import ContextModel
@@ -27,6 +29,22 @@ def is_reference_checkpoint(name: str) -> bool:
         return False
 
 
+def check_checkpoint_dir(path: str | Path) -> dict[str, Any]:
+    """A checkpoint directory's config.json, or one ModelError saying why it is not one."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise ModelError(f"{str(path)!r} is not a model checkpoint: it has no config.json"
+                         + ("" if any(Path(path).iterdir()) else " (the folder is empty)"))
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelError(f"{str(config)!r} is not valid JSON ({exc}): the checkpoint is corrupt") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{str(config)!r} holds a JSON {type(data).__name__}, not an object: the checkpoint "
+                         f"is corrupt")
+    return data
+
+
 def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0,
                kv_cache: str | None = None, kv_refresh: int | None = None, mask_id: int | None = None,
                shift_logits: bool = False, trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -36,9 +54,18 @@ def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float 
     when asked (``HFMaskedDiffusionModel(kv_cache=...)``)."""
     if name == "toy":
         return ContextModel(vocab_size=16), None
+    if name != "reference" and not Path(name).is_dir():
+        raise ModelError(f"model {name!r}: no such checkpoint directory; give 'reference', 'toy' or the path "
+                         f"of a local checkpoint directory")
+    if name != "reference":
+        check_checkpoint_dir(name)
     if is_reference_checkpoint(name) or not Path(name).is_dir():  # its loader names what is wrong
         model, tokenizer = load_reference_model(None if name == "reference" else name)
+    elif (family := family_of(read_config(name))) is not None and not trust_remote_code:
+        # LLaDA, Dream: our own classes, no remote code; mask id, EOS ids and logit shift from the family
+        model, tokenizer = load_family_model(name, mask_id=mask_id), load_tokenizer(name, family)
     else:
+        check_generic_checkpoint(name, read_config(name), trust_remote_code)
         model, tokenizer = load_hf_checkpoint(name, trust_remote_code=trust_remote_code)
         if mask_id is None and getattr(model.config, "mask_token_id", None) is None:
             raise ConfigError(f"--model {name}: its config has no mask_token_id; pass --mask-id "
@@ -46,7 +73,7 @@ def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float 
     if logit_temperature != 1.0 or logit_noise:
         model = PerturbedLogits(model, logit_temperature, logit_noise)
     if kv_cache is not None or mask_id is not None or shift_logits:
-        model = HFMaskedDiffusionModel(model, mask_id=mask_id, shift_logits=shift_logits,
+        model = HFMaskedDiffusionModel(model, mask_id=mask_id, shift_logits=shift_logits or None,
                                        kv_cache=kv_cache, kv_refresh=kv_refresh)
     return model, tokenizer
 

@@ -28,9 +28,12 @@ class CallableModel(Denoiser):
                  name: str | None = None) -> None:
         if not callable(fn):
             raise InputError(f"as_model: expected a callable ids -> logits, got {type(fn).__name__}")
-        if not isinstance(vocab_size, int) or vocab_size < 2:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
             raise InputError(f"as_model: vocab_size must be an int >= 2, got {vocab_size!r}")
-        if not isinstance(mask_id, int) or not 0 <= mask_id < vocab_size:
+        if isinstance(mask_id, bool) or not isinstance(mask_id, int):
+            raise InputError(f"as_model: mask_id must be an int token id, got {mask_id!r} "
+                             f"({type(mask_id).__name__})")
+        if not 0 <= mask_id < vocab_size:
             raise InputError(f"as_model: mask_id={mask_id!r} is outside the vocabulary "
                              f"[0, {vocab_size}); pass the id of the model's mask token")
         self.fn = fn
