@@ -5,7 +5,8 @@ Every step, each open position of the current block earns credit for its current
 credit decays by ``beta`` and grows by ``p_top1 ** gamma``; the logits are then fused as
 ``logits + alpha * log(1 + credit)``, so a token that stayed the argmax for several steps gains
 confidence and commits sooner. The credit table lives in the decode state (one per decode),
-covers only the current block and is reset when a block starts.
+covers only the current block ``(B, L, V)`` in float32 and is reset when a block starts; it is
+updated in place (it is the component's own memory, never a hook input), as dInfer's is.
 """
 
 from __future__ import annotations
@@ -39,22 +40,22 @@ class Credit(Component):
     @hookimpl
     def fuse(self, state, logits):
         opts = self.options
-        start, end = state.block_start, state.block_end
-        block = logits[:, start:end]
-        probs = torch.softmax(block.to(torch.float32), dim=-1)
-        top_p, top_token = probs.max(dim=-1)
-        earn = (state.open[:, start:end] & state.active_rows[:, None]).to(probs.dtype)
-        boost = torch.zeros_like(probs).scatter(-1, top_token[..., None], (top_p.pow(opts.gamma) * earn)[..., None])
-        previous = state.plugin_state[self.state_key]
-        credit = boost if previous is None else previous * opts.beta + boost
-        if previous is not None:  # inactive rows keep their credit untouched
-            credit = torch.where(state.active_rows[:, None, None], credit, previous)
-        state.plugin_state[self.state_key] = credit
+        # float32 softmax as dInfer's (bf16 logits are promoted inside the softmax, no copy)
+        top_p, top_token = torch.softmax(logits, dim=-1, dtype=torch.float32).max(dim=-1)
+        earn = top_p.pow(opts.gamma) * state.selectable  # only open positions of active rows earn
+        credit = state.plugin_state[self.state_key]
+        if credit is None:  # the table is this component's own memory: updated in place
+            credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+            state.plugin_state[self.state_key] = credit
+        elif bool(state.active_rows.all()):
+            credit.mul_(opts.beta)
+        else:  # inactive rows keep their credit untouched
+            credit.mul_(torch.where(state.active_rows, opts.beta, 1.0)[:, None, None])
+        credit.scatter_add_(-1, top_token[..., None], earn[..., None])
         # log(credit + 1), not log1p: the same float32 rounding as dInfer, so thresholds agree
         # bit for bit; the sum promotes to float32 as dInfer's does (bf16 models included)
-        fused = block + opts.alpha * torch.log(credit + 1)
-        rest = logits.to(fused.dtype)
-        return torch.cat([rest[:, :start], fused, rest[:, end:]], dim=1)
+        bonus = torch.add(credit, 1).log_().mul_(opts.alpha)
+        return bonus.add_(logits) if logits.dtype == torch.float32 else logits + bonus
 
 
 @hookimpl

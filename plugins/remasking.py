@@ -6,7 +6,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dllm_decoding import Component, hookimpl
-from dllm_decoding.plugins.scoring import in_block, whole_row
 
 
 class LowConfidenceRemaskOptions(BaseModel):
@@ -26,15 +25,14 @@ class LowConfidenceRemask(Component):
 
     @hookimpl
     def remask(self, state, proposal, commit):
-        start, end = state.block_start, state.block_end  # only the block can reopen: score it alone
-        earlier = (~state.open & ~commit)[:, start:end] & state.active_rows[:, None]
-        probs = torch.softmax(in_block(state, proposal.logits, "float64"), dim=-1)
-        current = probs.gather(-1, state.canvas[:, start:end, None]).squeeze(-1)
+        earlier = ~state.selectable & ~commit & state.active_rows[:, None]
+        probs = torch.softmax(proposal.logits.to(torch.float64), dim=-1)
+        current = probs.gather(-1, state.block_canvas[..., None]).squeeze(-1)
         weak = earlier & (current < self.options.threshold)
         k = min(self.options.max_per_step, weak.shape[1])
         order = current.masked_fill(~weak, float("inf")).topk(k, dim=1, largest=False).indices
         chosen = torch.zeros_like(weak).scatter(1, order, True)
-        return whole_row(state, chosen & weak, fill=False)
+        return chosen & weak
 
 
 @hookimpl

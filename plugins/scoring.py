@@ -1,4 +1,6 @@
-"""Score components: turn (fused) logits into a proposed token and a confidence per position."""
+"""Score components: turn the block's (fused) logits into a proposed token and a confidence per
+position. Confidence is computed in float64 by default (LLaDA's precision); a full-canvas float64
+softmax of a 126k-token vocabulary would cost ~1 MB per position, so it is the block's only."""
 
 from __future__ import annotations
 
@@ -13,37 +15,25 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def propose_tokens(state, logits: torch.Tensor) -> torch.Tensor:
-    """Greedy argmax at temperature 0; otherwise LLaDA's Gumbel-max sampling in float64
-    (``exp(logits) / (-log u) ** temperature``), drawn from the rows' seeded generators for the
-    answer region only (so left padding never shifts the random stream)."""
-    tokens = logits.argmax(dim=-1)
+    """``(B, L)``: greedy argmax at temperature 0; otherwise LLaDA's Gumbel-max sampling in
+    float64 (``exp(logits) / (-log u) ** temperature``), drawn from the rows' seeded generators
+    for the block only."""
     if state.temperature == 0:
-        return tokens
-    answer = logits[:, state.prompt_length:].to(torch.float64)
-    uniform = state.uniform(*answer.shape[1:])
-    noisy = answer.exp() / (-torch.log(uniform)) ** state.temperature
-    return torch.cat([tokens[:, :state.prompt_length], noisy.argmax(dim=-1)], dim=1)
+        return logits.argmax(dim=-1)
+    uniform = state.uniform(*logits.shape[1:])
+    noisy = logits.to(torch.float64).exp() / (-torch.log(uniform)) ** state.temperature
+    return noisy.argmax(dim=-1)
 
 
-def in_block(state, logits: torch.Tensor, precision: str) -> torch.Tensor:
-    """The current block's logits ``(B, L, V)`` in ``precision``. Scores are computed for the
-    block only: no other position can be committed this step, and a ``(B, T, V)`` float64 copy
-    of a 126k-token vocabulary would cost ~1 MB per position."""
-    block = logits[:, state.block_start:state.block_end]
+def in_precision(logits: torch.Tensor, precision: str) -> torch.Tensor:
+    """The block's logits in ``precision`` (no copy when they already are)."""
     dtype = _DTYPES[precision]
-    return block if block.dtype == dtype else block.to(dtype)
+    return logits if logits.dtype == dtype else logits.to(dtype)
 
 
-def whole_row(state, block_values: torch.Tensor, fill: float | bool = float("-inf")) -> torch.Tensor:
-    """``(B, T)`` with ``block_values`` in the current block and ``fill`` elsewhere (-inf: cannot
-    commit now; ``False`` for masks)."""
-    after = state.canvas.shape[1] - state.block_end
-    return torch.nn.functional.pad(block_values, (state.block_start, after), value=fill)
-
-
-def block_negative_entropy(state, logits: torch.Tensor, precision: str) -> torch.Tensor:
-    """``(B, L)``: minus the entropy of each current-block position's distribution."""
-    logp = torch.log_softmax(in_block(state, logits, precision), dim=-1)
+def negative_entropy(logits: torch.Tensor, precision: str) -> torch.Tensor:
+    """``(B, L)``: minus the entropy of each block position's distribution."""
+    logp = torch.log_softmax(in_precision(logits, precision), dim=-1)
     return (logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
 
 
@@ -68,16 +58,15 @@ class Confidence(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        block = in_block(state, logits, self.options.precision)
+        block = in_precision(logits, self.options.precision)
         if self.options.formula == "softmax":
             probs = torch.softmax(block, dim=-1)
         else:  # the exponential is taken after the gather below: only for the proposed tokens
             probs = torch.log_softmax(block, dim=-1)
-        block_tokens = tokens[:, state.block_start:state.block_end, None]
-        chosen = probs.gather(-1, block_tokens).squeeze(-1)
+        chosen = probs.gather(-1, tokens[..., None]).squeeze(-1)
         if self.options.formula == "exp_log_softmax":
             chosen = chosen.exp()
-        return Proposal(tokens=tokens, confidence=whole_row(state, chosen), logits=logits)
+        return Proposal(tokens=tokens, confidence=chosen, logits=logits)
 
 
 class Margin(Component):
@@ -90,8 +79,8 @@ class Margin(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        top2 = torch.softmax(in_block(state, logits, self.options.precision), dim=-1).topk(2, dim=-1).values
-        return Proposal(tokens=tokens, confidence=whole_row(state, top2[..., 0] - top2[..., 1]), logits=logits)
+        top2 = torch.softmax(in_precision(logits, self.options.precision), dim=-1).topk(2, dim=-1).values
+        return Proposal(tokens=tokens, confidence=top2[..., 0] - top2[..., 1], logits=logits)
 
 
 class NegativeEntropy(Component):
@@ -104,8 +93,7 @@ class NegativeEntropy(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        neg_entropy = block_negative_entropy(state, logits, self.options.precision)
-        return Proposal(tokens=tokens, confidence=whole_row(state, neg_entropy), logits=logits)
+        return Proposal(tokens=tokens, confidence=negative_entropy(logits, self.options.precision), logits=logits)
 
 
 class RandomOrder(Component):
@@ -117,9 +105,7 @@ class RandomOrder(Component):
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        draws = state.uniform(state.gen_length)  # answer region only, as above
-        confidence = torch.cat([torch.zeros(tokens.shape[0], state.prompt_length, dtype=draws.dtype), draws], dim=1)
-        return Proposal(tokens=tokens, confidence=confidence, logits=logits)
+        return Proposal(tokens=tokens, confidence=state.uniform(state.block_length), logits=logits)
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """Select components: decide which open positions of the current block commit now.
 
-All selectors rank ``proposal.confidence`` over ``state.selectable`` (open positions of the
-current block in active rows) and are vectorised over the batch. The core adds the progress
+All selectors rank ``proposal.confidence`` ``(B, L)`` over ``state.selectable`` (open positions
+of the current block in active rows) and are vectorised over the batch. The core adds the progress
 guarantee (at least one commit per active row), so selectors need not.
 """
 
@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dllm_decoding import Component, hookimpl
-from dllm_decoding.plugins.scoring import block_negative_entropy, whole_row
+from dllm_decoding.plugins.scoring import negative_entropy
 
 NEG_INF = float("-inf")
 
@@ -21,30 +21,34 @@ def masked_confidence(state, proposal) -> torch.Tensor:
     return torch.where(state.selectable, proposal.confidence, NEG_INF)
 
 
-def top_k_mask(confidence: torch.Tensor, k: int | torch.Tensor, padding: list[int]) -> torch.Tensor:
-    """Bool ``(B, T)``: the ``k`` (an int, or ``k[b]`` per row) most confident finite positions
-    of each row, by ``torch.topk`` over the row as LLaDA and Fast-dLLM rank it.
+def top_k_mask(state, confidence: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """Bool ``(B, L)``: the ``k`` (an int, or ``k[b]`` per row) most confident finite positions
+    of each row's block, by ``torch.topk`` over the row as LLaDA and Fast-dLLM rank it.
 
     torch.topk's choice among exactly tied values depends on the length of the ranked row, and
     ties are common (saturated float32 and bf16 probabilities). So each row is ranked over its
-    columns after its left ``padding``: exactly the row the published loop ranks when that
-    prompt is decoded alone, in a batch or not. Rows are ranked in one call per padding length
-    (one call when nothing is padded)."""
-    mask = torch.zeros_like(confidence, dtype=torch.bool)
+    canvas columns after its left padding, -inf outside the block: exactly the row the published
+    loop ranks when that prompt is decoded alone, in a batch or not. The ranked rows are
+    ``(B, T)`` floats, no vocabulary dimension; one call per padding length (one when nothing is
+    padded)."""
+    start, end = state.block_start, state.block_end
+    row = torch.nn.functional.pad(confidence, (start, state.canvas.shape[1] - end), value=NEG_INF)
+    mask = torch.zeros_like(row, dtype=torch.bool)
+    padding = state.left_padding
     pads = set(padding)
     if len(pads) == 1:  # every row padded alike (usually: not at all): one call, in place
         pad = pads.pop()
-        chosen = _top_k(confidence[:, pad:], k)
+        chosen = _top_k(row[:, pad:], k)
         if chosen is not None:
             mask[:, pad:].scatter_(1, *chosen)
-        return mask
+        return mask[:, start:end]
     for pad in sorted(pads):
-        rows = torch.tensor([b for b, p in enumerate(padding) if p == pad])
-        ranked = confidence[rows, pad:]
+        rows = torch.tensor([b for b, p in enumerate(padding) if p == pad], device=row.device)
+        ranked = row[rows, pad:]
         chosen = _top_k(ranked, k if isinstance(k, int) else k[rows])
         if chosen is not None:
             mask[rows, pad:] = torch.zeros_like(ranked, dtype=torch.bool).scatter(1, *chosen)
-    return mask
+    return mask[:, start:end]
 
 
 def _top_k(ranked: torch.Tensor, k: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -59,7 +63,7 @@ def _top_k(ranked: torch.Tensor, k: int | torch.Tensor) -> tuple[torch.Tensor, t
     if k_max == 0:
         return None
     values, index = ranked.topk(k_max, dim=1)
-    return index, (torch.arange(k_max)[None, :] < k[:, None]) & (values > NEG_INF)
+    return index, (torch.arange(k_max, device=ranked.device)[None, :] < k[:, None]) & (values > NEG_INF)
 
 
 class TopKOptions(BaseModel):
@@ -81,9 +85,9 @@ class TopK(Component):
     @hookimpl
     def on_block_start(self, state):
         if self.options.k is None:
-            masked = (state.open & state.block_mask).sum(dim=1)  # (B,)
+            masked = state.selectable.sum(dim=1)  # (B,)
             steps = state.steps_per_block
-            step_index = torch.arange(steps)[None, :]
+            step_index = torch.arange(steps, device=masked.device)[None, :]
             schedule = masked[:, None] // steps + (step_index < (masked % steps)[:, None]).long()
             # rows usually share one schedule: then k is a plain int per step (no per-row k)
             if bool((schedule == schedule[:1]).all()):
@@ -100,7 +104,7 @@ class TopK(Component):
                 k = schedule[min(state.block_step, len(schedule) - 1)]
             else:
                 k = schedule[:, min(state.block_step, schedule.shape[1] - 1)]
-        return top_k_mask(masked_confidence(state, proposal), k, state.left_padding)
+        return top_k_mask(state, masked_confidence(state, proposal), k)
 
 
 class ThresholdOptions(BaseModel):
@@ -126,7 +130,7 @@ class Threshold(Component):
         confidence = masked_confidence(state, proposal)
         above = confidence >= self.options.threshold
         if self.options.near_max is None:
-            return above | top_k_mask(confidence, 1, state.left_padding)
+            return above | top_k_mask(state, confidence, 1)
         best = confidence.amax(dim=1, keepdim=True)
         return above | (confidence >= best - self.options.near_max)
 
@@ -151,13 +155,13 @@ class Factor(Component):
         confidence = masked_confidence(state, proposal)
         n_open = state.selectable.sum(dim=1)
         ordered = confidence.sort(dim=1, descending=True).values
-        rank = torch.arange(1, ordered.shape[1] + 1, dtype=ordered.dtype)[None, :]
+        rank = torch.arange(1, ordered.shape[1] + 1, dtype=ordered.dtype, device=ordered.device)[None, :]
         thresholds = 1.0 - self.options.factor / (rank + 1.0)
         thresholds[:, 0] = -1.0
         below = (ordered < thresholds) | (rank > n_open[:, None])
         count = torch.where(below.any(dim=1), below.long().argmax(dim=1), n_open)
         count = torch.where(count == n_open - 1, n_open, count)
-        return top_k_mask(confidence, count, state.left_padding)
+        return top_k_mask(state, confidence, count)
 
 
 class EntropyBoundOptions(BaseModel):
@@ -176,13 +180,13 @@ class EntropyBound(Component):
     @hookimpl
     def select(self, state, proposal):
         # only the block can commit: score it alone
-        entropy = -block_negative_entropy(state, proposal.logits, "float64")
-        entropy = entropy.masked_fill(~state.selectable[:, state.block_start:state.block_end], float("inf"))
+        entropy = -negative_entropy(proposal.logits, "float64")
+        entropy = entropy.masked_fill(~state.selectable, float("inf"))
         ordered, index = entropy.sort(dim=1, stable=True)
         finite = torch.isfinite(ordered)
         excess = torch.cumsum(ordered.masked_fill(~finite, 0.0), dim=1) - ordered.masked_fill(~finite, 0.0)
         keep = finite & (excess <= self.options.gamma)
-        return whole_row(state, torch.zeros_like(keep).scatter(1, index, keep), fill=False)
+        return torch.zeros_like(keep).scatter(1, index, keep)
 
 
 class HierarchyOptions(BaseModel):
@@ -204,9 +208,8 @@ class Hierarchy(Component):
 
     @hookimpl
     def select(self, state, proposal):
-        start, end = state.block_start, state.block_end
-        open_ = state.selectable[:, start:end]
-        confidence = masked_confidence(state, proposal)[:, start:end]
+        open_ = state.selectable
+        confidence = masked_confidence(state, proposal)
         run_starts = open_ & ~torch.nn.functional.pad(open_[:, :-1], (1, 0), value=False)
         run = torch.where(open_, run_starts.long().cumsum(dim=1) - 1, 0)  # run index of each open position
         run_best = torch.full_like(confidence, NEG_INF).scatter_reduce(1, run, confidence, "amax")
@@ -216,7 +219,7 @@ class Hierarchy(Component):
         if self.options.threshold is not None:
             chosen = chosen | (confidence > self.options.threshold)
         best = torch.zeros_like(open_).scatter(1, confidence.argmax(dim=1, keepdim=True), True)
-        return whole_row(state, chosen | best, fill=False)
+        return chosen | best
 
 
 @hookimpl

@@ -191,9 +191,9 @@ def _registry_with(*components):
 @pytest.mark.parametrize("component, message", [
     (Exploding, "component 'exploding' (test_errors.Exploding) raised in hook 'select': ZeroDivisionError: boom"),
     (InPlace, "component 'in_place' modified its input 'logits' in place in hook 'fuse'"),
-    (FloatSelect, "select must return a bool tensor of shape (1, 7), got a torch.float64 tensor"),
+    (FloatSelect, "select must return a bool tensor of shape (1, 4), got a torch.float64 tensor"),
     (MutatesState, "modified its input 'state.canvas' in place"),
-    (MutatesSelectable, "modified its input 'state.selectable' in place"),
+    (MutatesSelectable, "modified its input 'state.open' in place"),  # selectable is a view of open
     (TwoHooks, "also implements the 'score' hook"),
     (Misspelled, "unknown hook"),
 ])

@@ -28,15 +28,20 @@ class DecodeSession:
     def initial_noise(self, batch: int, length: int, generators: list[torch.Generator]) -> torch.Tensor:
         """Tokens that fill undecided positions: ``[MASK]`` for masked-diffusion models
         (uniform-noise models draw random tokens from the per-row ``generators``)."""
-        return torch.full((batch, length), self.denoiser.mask_id, dtype=torch.long)
+        return torch.full((batch, length), self.denoiser.mask_id, dtype=torch.long,
+                          device=self.attention_mask.device)
 
     def forward(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """Logits ``(b, T, V)`` for ``canvas`` ``(b, T)``; ``rows`` are their indices in the batch
-        (``None`` = all rows, in order)."""
+        """Logits for ``canvas`` ``(b, T)``: either ``(b, T, V)`` for every position, or
+        ``(b, L, V)`` for the current block only (the columns given to :meth:`start_block`),
+        which is all the loop uses: a session that computes only the block (a cached window)
+        returns just that. ``rows`` are the canvas rows' indices in the batch (``None`` = all
+        rows, in order)."""
         raise NotImplementedError
 
     def observe_fused(self, logits: torch.Tensor, rows: torch.Tensor | None) -> None:
-        """The fused logits of this step (for self-conditioning models); ignored by default."""
+        """The fused logits ``(b, L, V)`` of this step's block (for self-conditioning models);
+        ignored by default (and then never computed)."""
 
     def start_block(self, start: int, end: int) -> None:
         """Block ``[start, end)`` (canvas columns) begins; sessions that cache per block reset

@@ -10,7 +10,9 @@ from .errors import InputError
 
 
 def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
-                  vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids the model sees, attention mask, ids as given)``: padded positions hold a harmless
+    valid id for the model, while the output keeps the caller's padding ids."""
     if isinstance(prompt_ids, (list, tuple)):
         try:
             prompt_ids = torch.tensor(prompt_ids, dtype=torch.long)
@@ -50,10 +52,11 @@ def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
                              f"must not contain [MASK] (the loop would treat it as noise)")
         raise InputError(f"prompt_ids contains token id {token}, outside the model's vocabulary "
                          f"[0, {vocab_size})")
+    given = prompt_ids
     if real is not None:  # padded positions hold a harmless valid id, never the mask token
         fill = 0 if mask_id != 0 else 1
         prompt_ids = torch.where(real, prompt_ids, torch.full_like(prompt_ids, fill))
-    return prompt_ids, attention_mask
+    return prompt_ids, attention_mask, given
 
 
 def _check_attention_mask(attention_mask: Any, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:

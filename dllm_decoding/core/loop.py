@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import threading
+
 import pluggy
 import torch
 
@@ -20,7 +22,7 @@ from .config import Strategy, load_strategy
 from .errors import InputError, ModelError, PluginError
 from .inputs import check_prompt
 from .manager import PluginRegistry, get_registry
-from .denoiser import as_denoiser, check_logits
+from .denoiser import DecodeSession, as_denoiser, check_logits
 from .state import DecodeState, GenerateOutput, Proposal, StepRecord
 
 _STEP_HOOKS = ("fuse", "score", "select", "remask")
@@ -76,14 +78,14 @@ class Pipeline:
 
     def broadcast(self, hook: str, **kwargs: Any) -> None:
         for comp, caller in self._callers[hook]:
-            self.call(hook, comp, caller, **kwargs)
+            self._guarded(hook, comp, caller, {}, **kwargs)
 
     def fuse(self, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
         for comp, caller in self._callers["fuse"]:
             out = self._guarded("fuse", comp, caller, {"logits": logits}, state=state, logits=logits)
-            if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
-                raise PluginError(f"component {comp.name!r}: fuse must return a tensor of shape "
-                                  f"{tuple(logits.shape)}, got {_describe(out)}")
+            if not isinstance(out, torch.Tensor) or out.shape != logits.shape or not out.is_floating_point():
+                raise PluginError(f"component {comp.name!r}: fuse must return a float tensor of shape "
+                                  f"{tuple(logits.shape)}, got {_describe(out)}{BLOCK_WIDTH_HINT}")
             logits = out
         return logits
 
@@ -100,16 +102,16 @@ class Pipeline:
         """Call one component, failing loudly if it modified any input in place (tensor
         version counters make the check free)."""
         state = kwargs["state"]
-        watched = (*inputs.values(), state.canvas, state.open, state.block_mask, state.selectable,
-                   state.active_rows)
+        watched = (*inputs.values(), state.canvas, state.open, state.active_rows)
         versions = [t._version for t in watched]
         result = self.call(hook, comp, caller, **kwargs)
         if versions != [t._version for t in watched]:
-            names = [*inputs, "state.canvas", "state.open", "state.block_mask", "state.selectable",
-                     "state.active_rows"]
+            names = [*inputs, "state.canvas", "state.open", "state.active_rows"]
             changed = next(n for n, t, v in zip(names, watched, versions) if t._version != v)
+            view = {"state.open": " (state.selectable is a view of it)",
+                    "state.canvas": " (state.block_canvas is a view of it)"}.get(changed, "")
             raise PluginError(f"component {comp.name!r} modified its input {changed!r} in place "
-                              f"in hook {hook!r}; hooks must return new tensors (x = x + y, not "
+                              f"in hook {hook!r}{view}; hooks must return new tensors (x = x + y, not "
                               f"x += y)")
         return result
 
@@ -144,22 +146,30 @@ def _describe(value: Any) -> str:
     return repr(value) if value is None else type(value).__name__
 
 
+#: appended to shape errors: plugins written for dllm-decoding 0.1 saw canvas-wide tensors
+BLOCK_WIDTH_HINT = ("; step hooks see the current block only: logits (B, L, V), proposals and masks "
+                    "(B, L), L = block_length (docs/writing-a-plugin.md, 'Block-width step hooks')")
+
+
 def _check_mask(comp: Component, hook: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or tuple(value.shape) != shape:
         raise PluginError(f"component {comp.name!r}: {hook} must return a bool tensor of shape "
-                          f"{shape}, got {_describe(value)}")
+                          f"{shape}, got {_describe(value)}{BLOCK_WIDTH_HINT}")
     return value
 
 
-def _check_proposal(comp: Component, value: Any, shape: tuple[int, int], vocab: int) -> Proposal:
+def _check_proposal(comp: Component, value: Any, shape: tuple[int, int]) -> Proposal:
     if not isinstance(value, Proposal):
         raise PluginError(f"component {comp.name!r}: score must return a Proposal, got {_describe(value)}")
-    if tuple(value.tokens.shape) != shape or value.tokens.dtype != torch.long:
-        raise PluginError(f"component {comp.name!r}: Proposal.tokens must be a long tensor of shape "
-                          f"{shape}, got {_describe(value.tokens)}")
-    if tuple(value.confidence.shape) != shape or not value.confidence.is_floating_point():
-        raise PluginError(f"component {comp.name!r}: Proposal.confidence must be a float tensor of "
-                          f"shape {shape}, got {_describe(value.confidence)}")
+    for field, kind, ok in (("tokens", "long", lambda t: t.dtype == torch.long),
+                            ("confidence", "float", lambda t: t.is_floating_point())):
+        tensor = getattr(value, field)
+        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape or not ok(tensor):
+            raise PluginError(f"component {comp.name!r}: Proposal.{field} must be a {kind} tensor of "
+                              f"shape {shape}, got {_describe(tensor)}{BLOCK_WIDTH_HINT}")
+    if not isinstance(value.logits, torch.Tensor):
+        raise PluginError(f"component {comp.name!r}: Proposal.logits must be the fused logits it "
+                          f"scored, got {_describe(value.logits)}")
     return value
 
 
@@ -198,14 +208,14 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
             merged[key] = value
     strat = load_strategy(strategy, merged, registry)
     denoiser = as_denoiser(model)
-    prompt, prompt_mask = check_prompt(prompt_ids, attention_mask, denoiser.mask_id, denoiser.vocab_size)
+    prompt, prompt_mask, given = check_prompt(prompt_ids, attention_mask, denoiser.mask_id, denoiser.vocab_size)
     if eos_id is not None and not 0 <= eos_id < denoiser.vocab_size:
         raise InputError(f"eos_id={eos_id} is outside the model's vocabulary [0, {denoiser.vocab_size})")
     if observers:
         pipeline = Pipeline(strat.instantiate(registry) + _tracer(trace) + list(observers))
     else:
         pipeline = _cached_pipeline(strat, registry, trace)
-    return _run(pipeline, strat, denoiser, prompt, prompt_mask, eos_id, seed)
+    return _run(pipeline, strat, denoiser, prompt, prompt_mask, given, eos_id, seed)
 
 
 def _tracer(trace: bool) -> list[Component]:
@@ -215,47 +225,84 @@ def _tracer(trace: bool) -> list[Component]:
 
 
 _PIPELINES: dict[tuple[str, int, bool], Pipeline] = {}
+_PIPELINES_LOCK = threading.Lock()  # decodes may run in threads: the cache is shared
 
 
 def _cached_pipeline(strat: Strategy, registry: PluginRegistry, trace: bool) -> Pipeline:
     """Components keep no per-decode memory on themselves (it lives in the decode state), so
     one pipeline per (strategy, registry) serves every decode; building one costs ~1 ms."""
     key = (strat.model_dump_json(), id(registry), trace)
-    pipeline = _PIPELINES.get(key)
-    if pipeline is None or pipeline.registry is not registry:
-        if len(_PIPELINES) >= 64:
-            _PIPELINES.pop(next(iter(_PIPELINES)))
-        pipeline = _PIPELINES[key] = Pipeline(strat.instantiate(registry) + _tracer(trace))
-        pipeline.registry = registry
+    with _PIPELINES_LOCK:
+        pipeline = _PIPELINES.get(key)
+        if pipeline is None or pipeline.registry is not registry:
+            if len(_PIPELINES) >= 64:
+                _PIPELINES.pop(next(iter(_PIPELINES)))
+            pipeline = _PIPELINES[key] = Pipeline(strat.instantiate(registry) + _tracer(trace))
+            pipeline.registry = registry
     return pipeline
 
 
+def _row_seeds(seed: Any, batch: int) -> list[int]:
+    """One seed per row (an int ``s`` gives row ``i`` the seed ``s + i``), each a valid int."""
+    def valid(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seeds = [seed + row for row in range(batch)]
+    elif isinstance(seed, (list, tuple)) or (isinstance(seed, torch.Tensor) and seed.dim() == 1
+                                             and not seed.is_floating_point()):
+        seeds = [int(s) if isinstance(s, torch.Tensor) else s for s in seed]
+        if len(seeds) != batch:
+            raise InputError(f"seed: got {len(seeds)} seeds for a batch of {batch} rows; pass one int "
+                             f"or one seed per row")
+    else:
+        raise InputError(f"seed={seed!r}: pass an int (row i gets seed + i) or a list of one int per row")
+    bad = next((s for s in seeds if not valid(s)), None)
+    if bad is not None or not seeds:
+        raise InputError(f"seed={seed!r}: every row's seed must be an int in [0, 2**63) (row i of an "
+                         f"int seed s gets s + i); got {bad!r}")
+    return seeds
+
+
+def _block_logits(logits: Any, rows_in: int, total: int, start: int, end: int, vocab: int,
+                  name: str) -> torch.Tensor:
+    """The current block's ``(b, L, V)`` logits from a session's output, which may cover the
+    whole canvas ``(b, T, V)`` or only the block (a cached window): never padded to the canvas."""
+    width = end - start
+    if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (rows_in, total, vocab):
+        logits = logits[:, start:end] if total != width else logits
+    elif isinstance(logits, torch.Tensor) and tuple(logits.shape) != (rows_in, width, vocab):
+        raise ModelError(f"model {name!r} returned logits of shape {tuple(logits.shape)}, expected (batch, "
+                         f"positions, vocab_size) = {(rows_in, total, vocab)}, or {(rows_in, width, vocab)} "
+                         f"for the current block only")
+    return check_logits(logits, (rows_in, width, vocab), name)
+
+
 def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tensor,
-         prompt_mask: torch.Tensor, eos_id: int | None, seed: int) -> GenerateOutput:
+         prompt_mask: torch.Tensor, given: torch.Tensor, eos_id: int | None, seed: Any) -> GenerateOutput:
     batch, prompt_len = prompt.shape
     gen_len, block_len = strat.gen_length, strat.effective_block_length
     total = prompt_len + gen_len
     vocab, mask_id = denoiser.vocab_size, denoiser.mask_id
-    seeds = [seed + row for row in range(batch)] if isinstance(seed, int) else [int(s) for s in seed]
-    if len(seeds) != batch:
-        raise InputError(f"seed: got {len(seeds)} seeds for a batch of {batch} rows; pass one int "
-                         f"or one seed per row")
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    attention_mask = torch.cat([prompt_mask, torch.ones(batch, gen_len, dtype=torch.long)], dim=1)
+    device = prompt.device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in _row_seeds(seed, batch)]
+    attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, gen_len)], dim=1)
     session = denoiser.start_session(attention_mask)
     noise = session.initial_noise(batch, gen_len, generators)
-    open_ = torch.zeros(batch, total, dtype=torch.bool)
-    open_[:, prompt_len:] = True
+    open_ = torch.cat([torch.zeros(batch, prompt_len, dtype=torch.bool, device=device),
+                       torch.ones(batch, gen_len, dtype=torch.bool, device=device)], dim=1)
     state = DecodeState(
-        canvas=torch.cat([prompt, noise], dim=1), open=open_, attention_mask=attention_mask,
+        canvas=torch.cat([prompt, noise.to(device)], dim=1), open=open_, attention_mask=attention_mask,
         prompt_length=prompt_len, gen_length=gen_len, block_length=block_len,
         steps_per_block=strat.steps_per_block, mask_id=mask_id, vocab_size=vocab,
         temperature=strat.temperature, generators=generators, eos_id=eos_id,
-        active_rows=torch.ones(batch, dtype=torch.bool),
-        finished_rows=torch.zeros(batch, dtype=torch.bool), forwards_per_row=[0] * batch)
+        active_rows=torch.ones(batch, dtype=torch.bool, device=device),
+        finished_rows=torch.zeros(batch, dtype=torch.bool, device=device), forwards_per_row=[0] * batch)
     remask_budget = strat.max_steps_per_block or 2 * block_len
-    all_rows = torch.ones(batch, dtype=torch.bool)  # state.active_rows while every row decodes
+    all_rows = state.active_rows  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
+    # a session that ignores the fused logits (the default) gets no copy of them
+    observes_fused = type(session).observe_fused is not DecodeSession.observe_fused
     pipeline.broadcast("on_decode_start", state=state)
     for block in range(strat.gen_length // block_len):
         state.block_index, state.block_step = block, 0
@@ -265,80 +312,141 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         # open positions of this block per row, kept as Python ints: one sync per step then
         # serves both the progress check and the next step's active rows. Finished (EOS) rows
         # have none, as _stop_at_eos closes everything after their last block.
-        open_left = state.open[:, start:end].sum(dim=1).tolist()
+        open_left = state.selectable.sum(dim=1).tolist()
         while True:
             active_list = [n > 0 for n in open_left]
             n_active = sum(active_list)
             if n_active == 0:
                 break
-            active = all_rows if n_active == batch else torch.tensor(active_list)
+            active = all_rows if n_active == batch else torch.tensor(active_list, device=device)
             state.active_rows = active
             rows = None if n_active == batch else active.nonzero().squeeze(1)
             canvas_in = state.canvas if rows is None else state.canvas[rows]
-            logits = session.forward(canvas_in, rows)
-            logits = check_logits(logits, (canvas_in.shape[0], total, vocab), denoiser.name)
+            raw = session.forward(canvas_in, rows)
+            logits = _block_logits(raw, canvas_in.shape[0], total, start, end, vocab, denoiser.name)
             if rows is not None:  # hooks see the whole batch; inactive rows get zeros
-                full = logits.new_zeros(batch, total, vocab)
-                full[rows] = logits
-                logits = full
+                logits = logits.new_zeros(batch, *logits.shape[1:]).index_copy(0, rows, logits)
             state.forwards_per_row = [n + a for n, a in zip(state.forwards_per_row, active_list)]
             fused = pipeline.fuse(state, logits)
-            session.observe_fused(fused if rows is None else fused[rows], rows)
+            if observes_fused:
+                session.observe_fused(fused if rows is None else fused[rows], rows)
             comp, proposal = pipeline.first("score", state=state, logits=fused)
-            proposal = _check_proposal(comp, proposal, (batch, total), vocab)
+            proposal = _check_proposal(comp, proposal, (batch, block_len))
             selectable = state.selectable
+            scorer = comp
             comp, chosen = pipeline.first("select", state=state, proposal=proposal)
-            commit = _check_mask(comp, "select", chosen, (batch, total)) & selectable
+            commit = _check_mask(comp, "select", chosen, (batch, block_len)) & selectable
             committed = commit.sum(dim=1).tolist()
             stalled = [a and c == 0 for a, c in zip(active_list, committed)]
             if any(stalled):  # progress guarantee: the most confident open position
-                best = proposal.confidence.masked_fill(~selectable, float("-inf")).argmax(dim=1)
-                commit = commit | (torch.nn.functional.one_hot(best, total).bool() & torch.tensor(stalled)[:, None])
+                commit = commit | _most_confident(proposal.confidence, selectable, stalled)
                 committed = [c + s for c, s in zip(committed, stalled)]
+            _check_committed_tokens(proposal, commit, logits, fused, pipeline, scorer, state)
             open_left = [n - c for n, c in zip(open_left, committed)]
-            state.canvas = torch.where(commit, proposal.tokens, state.canvas)
-            state.open = state.open ^ commit  # commit is a subset of open: this closes it
+            block_tokens = torch.where(commit, proposal.tokens, state.block_canvas)
+            block_open = selectable & ~commit
             reopen = None
             if pipeline.has("remask") and state.block_step + 1 < remask_budget:
+                state.canvas, state.open = _with_block(state, block_tokens, block_open)
                 comp, chosen = pipeline.first("remask", state=state, proposal=proposal, commit=commit)
                 if chosen is not None:
-                    decided = ~state.open & state.block_mask & active[:, None]
-                    reopen = _check_mask(comp, "remask", chosen, (batch, total)) & decided
+                    decided = ~block_open & active[:, None]
+                    reopen = _check_mask(comp, "remask", chosen, (batch, block_len)) & decided
+                    reopen = _keep_one_decided(reopen, decided)
                     reopened = reopen.sum(dim=1).tolist()
                     if any(reopened):
-                        fresh = session.initial_noise(batch, gen_len, generators)
-                        fresh = torch.cat([prompt, fresh], dim=1)
-                        state.canvas = torch.where(reopen, fresh, state.canvas)
-                        state.open = state.open | reopen
+                        fresh = session.initial_noise(batch, block_len, generators).to(device)
+                        block_tokens = torch.where(reopen, fresh, block_tokens)
+                        block_open = block_open | reopen
                         open_left = [n + r for n, r in zip(open_left, reopened)]
+            state.canvas, state.open = _with_block(state, block_tokens, block_open)
             if record_steps:
                 pipeline.broadcast("on_step_end", state=state, record=StepRecord(
-                    step=state.step, block_index=block, block_step=state.block_step,
+                    step=state.step, block_index=block, block_step=state.block_step, block_start=start,
                     active_rows=active, proposal=proposal, commit=commit,
                     reopen=torch.zeros_like(commit) if reopen is None else reopen,
                     canvas=state.canvas))
             state.step += 1
             state.block_step += 1
-        if mask_id is not None:
-            _check_no_mask_committed(state, mask_id, start, end)
         if eos_id is not None:
             _stop_at_eos(state, eos_id, end)
-    output = GenerateOutput(sequences=state.canvas, nfe=state.nfe, prompt_length=prompt_len,
+    # the caller's prompt comes back as given, padding ids included (the model saw a valid id there)
+    sequences = torch.cat([given, state.canvas[:, prompt_len:]], dim=1)
+    output = GenerateOutput(sequences=sequences, nfe=state.nfe, prompt_length=prompt_len,
                             gen_length=gen_len, stats={"forward_calls": state.step})
     pipeline.broadcast("on_decode_end", state=state, output=output)
     return output
 
 
-def _check_no_mask_committed(state: DecodeState, mask_id: int, start: int, end: int) -> None:
-    """A finished block holds no [MASK]: one committed means the model's top prediction was the
-    mask token. Checked once per block, not per step (the output would be corrupt either way)."""
-    committed_mask = state.canvas[:, start:end] == mask_id
-    if bool(committed_mask.any()):
-        row, column = (int(i) for i in committed_mask.nonzero()[0])
-        raise ModelError(f"the decode committed the mask token (id {mask_id}) at row {row}, answer "
-                         f"position {column + start - state.prompt_length} (block {state.block_index}); "
-                         f"the model puts its top probability on [MASK]. Give the mask token's "
-                         f"logit -inf in the model")
+def _with_block(state: DecodeState, block_tokens: torch.Tensor, block_open: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """New canvas and open tensors with the current block replaced (never edited in place:
+    hooks hold references to the old ones)."""
+    start, end = state.block_start, state.block_end
+    canvas = torch.cat([state.canvas[:, :start], block_tokens, state.canvas[:, end:]], dim=1)
+    open_ = torch.cat([state.open[:, :start], block_open, state.open[:, end:]], dim=1)
+    return canvas, open_
+
+
+def _most_confident(confidence: torch.Tensor, selectable: torch.Tensor, stalled: list[bool]) -> torch.Tensor:
+    """(B, L) bool: each stalled row's most confident selectable position (the first one when
+    all are -inf), never a position that is not selectable."""
+    floor = torch.finfo(confidence.dtype).min
+    key = torch.where(selectable, confidence.clamp(min=floor), float("-inf"))
+    best = torch.zeros_like(selectable).scatter(1, key.argmax(dim=1, keepdim=True), True)
+    return best & selectable & torch.tensor(stalled, device=selectable.device)[:, None]
+
+
+def _keep_one_decided(reopen: torch.Tensor, decided: torch.Tensor) -> torch.Tensor:
+    """The remask promise: a row never reopens everything it has decided in the block (it keeps
+    its last decided position, the rightmost, so a decode still progresses)."""
+    everything = (reopen == decided).all(dim=1) & decided.any(dim=1)
+    if not bool(everything.any()):
+        return reopen
+    columns = torch.arange(decided.shape[1], device=decided.device)
+    last = torch.where(decided, columns, -1).amax(dim=1, keepdim=True)
+    keep = (columns[None, :] == last) & everything[:, None]
+    return reopen & ~keep
+
+
+def _check_committed_tokens(proposal: Proposal, commit: torch.Tensor, logits: torch.Tensor,
+                            fused: torch.Tensor, pipeline: Pipeline, scorer: Component,
+                            state: DecodeState) -> None:
+    """Every committed token is a real token (in the vocabulary, not [MASK]) and no open
+    position has a NaN confidence; one sync per step. On failure, find who is at fault: the
+    model (its own argmax is [MASK]), the fuse chain (its output is NaN or its argmax is [MASK])
+    or the score component."""
+    tokens, confidence = proposal.tokens, proposal.confidence
+    bad = (tokens < 0) | (tokens >= state.vocab_size)
+    if state.mask_id is not None:
+        bad = bad | (tokens == state.mask_id)
+    bad = bad & commit
+    nan = torch.isnan(confidence) & state.selectable
+    if not bool(bad.any() | nan.any()):
+        return
+    fusers = [c.name for c, _ in pipeline._callers["fuse"]]
+    fuse_chain = f"the fuse component{'s' if len(fusers) > 1 else ''} {', '.join(map(repr, fusers))}"
+    if bool(nan.any()):
+        row, column = (int(i) for i in nan.nonzero()[0])
+        culprit = fuse_chain if fusers and bool(torch.isnan(fused[row, column]).any()) else f"score component {scorer.name!r}"
+        raise PluginError(f"{culprit} produced NaN at row {row}, answer position "
+                          f"{state.block_start + column - state.prompt_length}, although the model's logits "
+                          f"there are finite")
+    row, column = (int(i) for i in bad.nonzero()[0])
+    token = int(tokens[row, column])
+    where = f"row {row}, answer position {state.block_start + column - state.prompt_length} (block {state.block_index})"
+    if token != state.mask_id:
+        raise PluginError(f"score component {scorer.name!r} proposed token id {token} at {where}, outside "
+                          f"the vocabulary [0, {state.vocab_size})")
+    if int(logits[row, column].argmax()) == state.mask_id:
+        raise ModelError(f"the decode committed the mask token (id {state.mask_id}) at {where}; the model "
+                         f"puts its top probability on [MASK]. Give the mask token's logit -inf in the model")
+    if fusers and int(fused[row, column].argmax()) == state.mask_id:
+        raise PluginError(f"{fuse_chain} made the mask token (id {state.mask_id}) the most likely token at "
+                          f"{where}, though the model's own top token is {int(logits[row, column].argmax())}")
+    raise PluginError(f"score component {scorer.name!r} proposed the mask token (id {state.mask_id}) at "
+                      f"{where}, though it is not the top token of the logits it scored (at temperature > 0 "
+                      f"it can be sampled when the model gives [MASK] a finite logit: make it -inf)")
 
 
 def _stop_at_eos(state: DecodeState, eos_id: int, block_end: int) -> None:

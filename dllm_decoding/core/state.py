@@ -10,13 +10,13 @@ import torch
 
 @dataclass(frozen=True)
 class Proposal:
-    """What the score hook proposes for every position of every row.
+    """What the score hook proposes for every position of the current block of every row.
 
-    ``tokens`` ``(B, T)`` long: the token each position would take if committed now.
-    ``confidence`` ``(B, T)`` float: larger = more certain; selectors rank and threshold it.
-    The built-in scorers fill it for the current block only (-inf elsewhere).
-    ``logits`` ``(B, T, V)``: the fused logits the proposal was made from (read-only), for
+    ``tokens`` ``(B, L)`` long: the token each block position would take if committed now.
+    ``confidence`` ``(B, L)`` float: larger = more certain; selectors rank and threshold it.
+    ``logits`` ``(B, L, V)``: the fused block logits the proposal was made from (read-only), for
     selectors that need the whole distribution (entropy bounds, margins).
+    (``L`` = ``block_length``; column ``j`` is canvas position ``state.block_start + j``.)
     """
 
     tokens: torch.Tensor
@@ -39,7 +39,7 @@ class DecodeState:
     mask_id: int | None
     vocab_size: int
     temperature: float
-    generators: list[torch.Generator]  # one per row: a row decodes alike alone or in a batch
+    generators: list[torch.Generator]  # one per row, on the canvas's device: a row decodes alike alone or in a batch
     eos_id: int | None = None
     block_index: int = 0
     block_step: int = 0  # steps taken in the current block
@@ -48,23 +48,27 @@ class DecodeState:
     finished_rows: torch.Tensor | None = None  # (B,) bool: rows done (EOS early stop)
     forwards_per_row: list[int] = field(default_factory=list)  # kept as ints: no tensor op per step
     plugin_state: dict[str, Any] = field(default_factory=dict)
-    _block_mask: Any = field(default=None, repr=False, compare=False)
     _selectable: Any = field(default=None, repr=False, compare=False)
     _left_padding: Any = field(default=None, repr=False, compare=False)
 
     def uniform(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """``(B, *shape)`` uniform draws in [0, 1), each row from its own seeded generator.
-        Rows not active this step get zeros and leave their generator untouched, so a row
-        decodes exactly the same alone (with its seed) as inside a batch."""
-        out = torch.zeros(self.batch_size, *shape, dtype=dtype)
+        """``(B, *shape)`` uniform draws in [0, 1) on the canvas's device, each row from its own
+        seeded generator. Rows not active this step get zeros and leave their generator
+        untouched, so a row decodes exactly the same alone (with its seed) as inside a batch."""
+        out = torch.zeros(self.batch_size, *shape, dtype=dtype, device=self.device)
         for row in self.active_rows.nonzero().flatten().tolist():
-            out[row] = torch.rand(shape, generator=self.generators[row], dtype=dtype)
+            out[row] = torch.rand(shape, generator=self.generators[row], dtype=dtype, device=self.device)
         return out
+
+    @property
+    def device(self) -> torch.device:
+        """Where the decode runs: every tensor the core and the built-in plugins create is here."""
+        return self.canvas.device
 
     @property
     def nfe(self) -> torch.Tensor:
         """(B,) long: forwards each row has cost so far."""
-        return torch.tensor(self.forwards_per_row, dtype=torch.long)
+        return torch.tensor(self.forwards_per_row, dtype=torch.long, device=self.device)
 
     @property
     def left_padding(self) -> list[int]:
@@ -90,41 +94,37 @@ class DecodeState:
         return self.block_start + self.block_length
 
     @property
-    def block_mask(self) -> torch.Tensor:
-        """(B, T) bool: positions of the current block (same columns for every row). Built once
-        per block; treat it as read-only."""
-        cached = self._block_mask  # (block_index, mask); shape and prompt length are fixed per decode
-        if cached is None or cached[0] != self.block_index:
-            mask = torch.zeros_like(self.open)
-            mask[:, self.block_start : self.block_end] = True
-            self._block_mask = cached = (self.block_index, mask)
-        return cached[1]
+    def block_canvas(self) -> torch.Tensor:
+        """(B, L) long: the current block's tokens (a view of ``canvas``; read-only)."""
+        return self.canvas[:, self.block_start:self.block_end]
 
     @property
     def selectable(self) -> torch.Tensor:
-        """(B, T) bool: open positions of the current block in active rows. (A row is active
-        exactly when it has open positions in the block, so this is ``open & block_mask``.)
-        Computed once per step: the core replaces ``open`` with a new tensor, never edits it in
-        place, so its identity keys the cache; treat the result as read-only."""
+        """(B, L) bool: open positions of the current block in active rows. (A row is active
+        exactly when it has open positions in the block, so this is the block's columns of
+        ``open``.) The core replaces ``open`` with a new tensor, never edits it in place, so its
+        identity keys the cache; treat the result as read-only."""
         cached = self._selectable
         if cached is None or cached[0] is not self.open or cached[1] != self.block_index:
-            value = self.open & self.block_mask
+            value = self.open[:, self.block_start:self.block_end]
             self._selectable = cached = (self.open, self.block_index, value)
         return cached[2]
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One step as observers see it (all tensors ``(B, T)`` unless noted)."""
+    """One step as observers see it: block-width ``(B, L)`` tensors for the block that starts
+    at canvas column ``block_start``, the whole canvas after the step."""
 
     step: int
     block_index: int
     block_step: int
+    block_start: int
     active_rows: torch.Tensor  # (B,) bool
-    proposal: Proposal
-    commit: torch.Tensor  # bool: committed in this step
-    reopen: torch.Tensor  # bool: sent back to noise in this step
-    canvas: torch.Tensor  # tokens after this step
+    proposal: Proposal  # block-width
+    commit: torch.Tensor  # (B, L) bool: committed in this step
+    reopen: torch.Tensor  # (B, L) bool: sent back to noise in this step
+    canvas: torch.Tensor  # (B, T) tokens after this step
 
 
 @dataclass

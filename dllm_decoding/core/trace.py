@@ -8,6 +8,7 @@ does not even build step records, so recording costs nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,7 +40,7 @@ class Trace:
 
     def commit_step(self) -> torch.Tensor:
         """``(B, G)`` long: the last step at which each position was committed (-1 if never)."""
-        steps = torch.arange(self.num_steps)[:, None, None].expand_as(self.committed)
+        steps = torch.arange(self.num_steps, device=self.committed.device)[:, None, None].expand_as(self.committed)
         return torch.where(self.committed, steps, -1).amax(dim=0)
 
     def earliest_correct_step(self) -> torch.Tensor:
@@ -47,9 +48,10 @@ class Trace:
         token at every later step while it was still being decoded (its block active), -1 if
         it never did before committing. Steps outside the position's block don't count."""
         commit = self.commit_step()
-        steps = torch.arange(self.num_steps)[:, None, None]
+        device = self.committed.device
+        steps = torch.arange(self.num_steps, device=device)[:, None, None]
         g = self.final.shape[1]
-        position_block = (torch.arange(g) // self.block_length)[None, None, :]
+        position_block = (torch.arange(g, device=device) // self.block_length)[None, None, :]
         relevant = (self.block[:, None, None] == position_block) & self.active[:, :, None]
         relevant = relevant & (steps <= commit[None])
         wrong = relevant & (self.argmax != self.final[None])
@@ -77,28 +79,38 @@ class TraceRecorder(Component):
 
     @hookimpl
     def on_step_end(self, state, record):
-        p = state.prompt_length
+        # the step hooks work on the block; the trace is answer-wide: positions outside the
+        # block show their current token, confidence -inf, nothing committed or reopened
+        p, lo, hi = state.prompt_length, record.block_start - state.prompt_length, \
+            record.block_start - state.prompt_length + state.block_length
+        answer = record.canvas[:, p:]
+
+        def widen(block: torch.Tensor, fill: Any) -> torch.Tensor:
+            return torch.nn.functional.pad(block, (lo, answer.shape[1] - hi), value=fill)
+
+        tokens = answer.clone()
+        tokens[:, lo:hi] = record.proposal.tokens
         state.plugin_state[self.state_key].append((
-            record.proposal.tokens[:, p:], record.proposal.confidence[:, p:].to(torch.float32),
-            record.commit[:, p:], record.reopen[:, p:], record.active_rows, record.block_index))
+            tokens, widen(record.proposal.confidence.to(torch.float32), float("-inf")),
+            widen(record.commit, False), widen(record.reopen, False), record.active_rows, record.block_index))
 
     @hookimpl
     def on_decode_end(self, state, output):
         steps = state.plugin_state.pop(self.state_key)
         g = state.gen_length
         b = state.batch_size
+        device = output.sequences.device
 
         def stack(i: int, empty: torch.Tensor) -> torch.Tensor:
             return torch.stack([s[i] for s in steps]) if steps else empty
 
         output.trace = Trace(
-            argmax=stack(0, torch.zeros(0, b, g, dtype=torch.long)),
-            confidence=stack(1, torch.zeros(0, b, g)),
-            committed=stack(2, torch.zeros(0, b, g, dtype=torch.bool)),
-            reopened=stack(3, torch.zeros(0, b, g, dtype=torch.bool)),
-            active=stack(4, torch.zeros(0, b, dtype=torch.bool)),
-            block=torch.tensor([s[5] for s in steps], dtype=torch.long),
+            argmax=stack(0, torch.zeros(0, b, g, dtype=torch.long, device=device)),
+            confidence=stack(1, torch.zeros(0, b, g, device=device)),
+            committed=stack(2, torch.zeros(0, b, g, dtype=torch.bool, device=device)),
+            reopened=stack(3, torch.zeros(0, b, g, dtype=torch.bool, device=device)),
+            active=stack(4, torch.zeros(0, b, dtype=torch.bool, device=device)),
+            block=torch.tensor([s[5] for s in steps], dtype=torch.long, device=device),
             final=output.sequences[:, state.prompt_length:].clone(),
             block_length=state.block_length,
         )
-
