@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 from ..core.errors import DecodingError, PluginWarning
-from . import bench, evaluate, generate, strategies, train
+from . import bench, evaluate, generate, lm_eval, strategies, train
 from .common import add_model_arguments, add_overrides
 
 DESCRIPTION = """\
@@ -83,8 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                "see dllm-decode train-reference --help)", add_help=False)
     p.add_argument("train_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=train.cmd_train)
+
+    p = sub.add_parser("lm-eval", help="lm-evaluation-harness with the dllm model and the reference tasks (arguments "
+                                       "go to lm-eval run; see dllm-decode lm-eval --help)", add_help=False)
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lm_eval.cmd_lm_eval)
+
+    p = sub.add_parser("lm-eval-report", help="lm-eval results files of the dllm model as one comparison table "
+                                              "(score, NFE, TPF, tokens/s, speed-ups) and a Pareto plot")
+    lm_eval.configure_report_parser(p)
+    p.set_defaults(func=lm_eval.run_report)
     for name, subparser in sub.choices.items():
-        if name != "train-reference":  # --debug after the command too; SUPPRESS keeps the top-level value
+        if name not in ("train-reference", "lm-eval"):  # --debug after the command too; SUPPRESS keeps the top-level value
             subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                    help="on an error, print the full traceback, not one line")
     return parser
@@ -99,6 +109,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         rest = argv[debug + 1:]
         return argparse.Namespace(command="train-reference", func=train.cmd_train, debug=debug or "--debug" in rest,
                                   train_args=[a for a in rest if a != "--debug"])
+    if argv[debug:debug + 1] == ["lm-eval"]:
+        # every argument is lm-eval's (REMAINDER would reject a leading --option)
+        rest = argv[debug + 1:]
+        return argparse.Namespace(command="lm-eval", func=lm_eval.cmd_lm_eval, debug=debug or "--debug" in rest,
+                                  lm_eval_args=[a for a in rest if a != "--debug"])
     return build_parser().parse_args(argv)
 
 
