@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from pathlib import Path
 
+from ..core.errors import ConfigError
 from ..reference import train as trainer
 from ..tasks import TASKS
 
@@ -69,11 +72,44 @@ def build_parser(prog: str = "dllm-decode train-reference") -> argparse.Argument
     return p
 
 
+def validate_train_args(args: argparse.Namespace) -> None:
+    """Every number the trainer takes, checked before any work (and before the output folder is
+    written): one ConfigError naming the flag, the value and what it must be."""
+    positive = {"--batch-tokens": args.batch_tokens, "--hidden": args.hidden, "--layers": args.layers,
+                "--heads": args.heads, "--ff": args.ff, "--eval-every": args.eval_every, "--val-n": args.val_n,
+                "--eval-n": args.eval_n, "--probe-steps": args.probe_steps}
+    at_least_zero = {"--steps": args.steps, "--warmup": args.warmup, "--save-every": args.save_every}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: give a positive integer")
+    for flag, value in at_least_zero.items():
+        if value < 0:
+            raise ConfigError(f"{flag} {value}: give an integer >= 0" + (" (0 = size from --minutes)"
+                                                                        if flag == "--steps" else ""))
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr {args.lr}: give a positive, finite learning rate (default 6e-4)")
+    for flag, value in (("--minutes", args.minutes), ("--mix-floor", args.mix_floor)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{flag} {value}: give a finite number >= 0")
+    if args.hidden % args.heads:
+        divisors = [h for h in range(1, min(args.hidden, 64) + 1) if args.hidden % h == 0]
+        raise ConfigError(f"--hidden {args.hidden} is not a multiple of --heads {args.heads}: each attention head "
+                          f"takes hidden/heads dimensions; use --heads among {', '.join(map(str, divisors))}")
+    if not args.steps and not args.minutes:
+        raise ConfigError("give --steps N or --minutes M (the run is sized from one of them)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {args.out!r}: it is a file, not a folder")
+    if args.init_from and not Path(args.init_from).is_dir():
+        raise ConfigError(f"--init-from {args.init_from!r}: no such checkpoint directory")
+
+
 def main(argv: list[str] | None = None, prog: str = "dllm-decode train-reference") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
     args.argv = argv
     args.mix = dict(args.mix)
+    validate_train_args(args)
     report = trainer.train(args)
     acc = report["test_accuracy"]
     print(json.dumps({k: acc[k] for k in trainer.EVAL_SETTINGS}, indent=2))
