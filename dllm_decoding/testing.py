@@ -38,19 +38,21 @@ def _distribution_logits(tokens: torch.Tensor, prob: torch.Tensor, vocab_size: i
 class _ScriptedSession(DecodeSession):
     def __init__(self, denoiser: ScriptedModel, attention_mask: torch.Tensor) -> None:
         super().__init__(denoiser, attention_mask)
-        self.calls = torch.zeros(attention_mask.shape[0], dtype=torch.long)
+        self.calls = torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device)
 
     def forward(self, canvas, rows):
         den: ScriptedModel = self.denoiser  # type: ignore[assignment]
-        rows = torch.arange(canvas.shape[0]) if rows is None else rows
+        device = canvas.device
+        rows = torch.arange(canvas.shape[0], device=device) if rows is None else rows
         step = self.calls[rows].clamp(max=den.confidence.shape[0] - 1)  # (b,)
         self.calls[rows] += 1
         g = den.confidence.shape[-1]
         prompt_len = canvas.shape[1] - g
-        answer_tokens = den.tokens[step] if den.row_answers is None else den.row_answers[rows]
-        answer_prob = den.confidence[step]
+        script = den.tokens if den.row_answers is None else den.row_answers
+        answer_tokens = script.to(device)[step if den.row_answers is None else rows]
+        answer_prob = den.confidence.to(device)[step]
         tokens = torch.cat([canvas[:, :prompt_len], answer_tokens], dim=1)
-        prob = torch.cat([torch.ones(canvas.shape[0], prompt_len, dtype=torch.float64), answer_prob], dim=1)
+        prob = torch.cat([torch.ones(canvas.shape[0], prompt_len, dtype=torch.float64, device=device), answer_prob], dim=1)
         return _distribution_logits(tokens, prob, den.vocab_size, den.mask_id).to(den.dtype)
 
 
@@ -112,11 +114,12 @@ class _ContextSession(DecodeSession):
         den: ContextModel = self.denoiser  # type: ignore[assignment]
         mask = self.rows_mask(rows)
         position = (mask.cumsum(dim=1) - 1).clamp(min=0)  # relative to the first real token
-        weights = den.position_weight[position]  # (b, T) int64
+        weights = den.position_weight.to(canvas.device)[position]  # (b, T) int64
         # exact integer context summary: unaffected by left padding (pads weigh 0)
         context = ((canvas * weights * mask).sum(dim=1) % 997).to(torch.float64)  # (b,)
-        phase = den.phase[position]  # (b, T, V)
-        logits = (den.scale * torch.sin(context[:, None, None] * den.frequency + phase)).to(den.dtype)
+        phase = den.phase.to(canvas.device)[position]  # (b, T, V)
+        frequency = den.frequency.to(canvas.device)
+        logits = (den.scale * torch.sin(context[:, None, None] * frequency + phase)).to(den.dtype)
         if den.mask_id is not None:
             logits[..., den.mask_id] = NEG_INF
         return logits

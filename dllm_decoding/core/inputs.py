@@ -15,7 +15,7 @@ def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
     valid id for the model, while the output keeps the caller's padding ids."""
     if isinstance(prompt_ids, (list, tuple)):
         try:
-            prompt_ids = torch.tensor(prompt_ids, dtype=torch.long)
+            prompt_ids = torch.tensor(prompt_ids, dtype=torch.long, device="cpu")  # a list: decode on the CPU
         except (TypeError, ValueError) as exc:
             raise InputError(f"prompt_ids: cannot make a tensor from the given list ({exc}); "
                              f"pass a LongTensor (batch, prompt_length), left-padded") from None
@@ -37,7 +37,7 @@ def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
         real = None
         attention_mask = torch.ones_like(prompt_ids)
     else:
-        attention_mask, padded = _check_attention_mask(attention_mask, tuple(prompt_ids.shape))
+        attention_mask, padded = _check_attention_mask(attention_mask, prompt_ids)
         real = attention_mask.bool() if padded else None
     bad = (prompt_ids < 0) | (prompt_ids >= vocab_size)
     if mask_id is not None:
@@ -59,9 +59,10 @@ def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
     return prompt_ids, attention_mask, given
 
 
-def _check_attention_mask(attention_mask: Any, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
-    """The mask as a long tensor, and whether it pads anything."""
-    attention_mask = torch.as_tensor(attention_mask)
+def _check_attention_mask(attention_mask: Any, prompt_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The mask as a long tensor on the prompt's device, and whether it pads anything."""
+    shape = tuple(prompt_ids.shape)
+    attention_mask = torch.as_tensor(attention_mask, device=prompt_ids.device)
     if attention_mask.dim() == 1:
         attention_mask = attention_mask[None]
     if tuple(attention_mask.shape) != shape:
