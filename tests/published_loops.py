@@ -137,23 +137,32 @@ def dinfer_credit_generate(fn, prompt, *, gen_length, block_length, mask_id, thr
 
 
 def fast_dllm_cached_generate(model, prompt, *, gen_length, block_length, mask_id, cache,
-                              threshold=None, steps=None):
+                              threshold=None, steps=None, shift=False):
     """Fast-dLLM ``llada/generate.py::generate_with_prefix_cache`` (``cache="prefix"``) and
     ``generate_with_dual_cache`` (``cache="dual"``), temperature 0, one row.
 
     Per block: one full forward that also returns every layer's keys and values, and decodes
-    from its logits; then, until the block has no mask, forwards of the block only (dual: the
-    keys and values before and after it from that full forward) or of the block and everything
-    after it (prefix: only the keys and values before the block are reused). Each step commits
-    by ``threshold`` as in :func:`fast_dllm_generate`, or (``threshold=None``) the step's share
-    of LLaDA's schedule over ``steps`` by float64 confidence. ``model`` takes the reference
-    model's cache arguments (``use_cache``, ``key_values``, ``window_start``).
+    from its logits; then ``while True:`` a forward of the block only (dual: the keys and values
+    before and after it from that full forward) or of the block and everything after it
+    (prefix: only the keys and values before the block are reused), a commit, and only then the
+    check whether the block still has a mask. So a block that its full forward completes still
+    costs one more, idle forward, as upstream counts it. Each step commits by ``threshold`` as
+    in :func:`fast_dllm_generate`, or (``threshold=None``) the step's share of LLaDA's schedule
+    over ``steps`` by float64 confidence. ``model`` takes the reference model's cache arguments
+    (``use_cache``, ``key_values``, ``window_start``).
+
+    ``shift=True`` (Dream, whose ``logits[:, i]`` predict token ``i + 1``): logits aligned as
+    Dream's generate aligns them (``cat(logits[:, :1], logits[:, :-1])``); a window then starts
+    one position before the block, so that the block's first position has its logit.
+
+    Returns ``(x, nfe, idle)``: ``nfe`` as upstream counts it, ``idle`` the forwards among them
+    that found the block already complete (our loop checks first and does not run those).
     """
     b, p = prompt.shape
     assert b == 1
     x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
     num_blocks = gen_length // block_length
-    nfe = 0
+    nfe = idle = 0
 
     def commit(logits, lo, hi, k):  # logits cover columns [lo, lo + logits.shape[1])
         view = x[:, lo:lo + logits.shape[1]]
@@ -164,6 +173,8 @@ def fast_dllm_cached_generate(model, prompt, *, gen_length, block_length, mask_i
         x0 = torch.where(masked, x0, view)
         conf = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
         n = int(masked.sum()) if threshold is not None else k
+        if n == 0:  # upstream: topk(k=0) selects nothing
+            return
         order = torch.topk(conf[0], k=n).indices
         keep = [order[0]] + [i for i in order[1:] if threshold is None or conf[0, i] >= threshold]
         chosen = torch.stack(keep)
@@ -174,15 +185,20 @@ def fast_dllm_cached_generate(model, prompt, *, gen_length, block_length, mask_i
         schedule = _llada_schedule(int((x[0, lo:hi] == mask_id).sum()), steps // num_blocks) if steps else None
         out = model(input_ids=x, use_cache=True)
         nfe += 1
-        commit(out.logits, 0, hi, schedule[0] if schedule else None)
+        commit(torch.cat([out.logits[:, :1], out.logits[:, :-1]], dim=1) if shift else out.logits, 0, hi,
+               schedule[0] if schedule else None)
         step = 1
         stop = hi if cache == "dual" else x.shape[1]
-        while bool((x[:, lo:hi] == mask_id).any()):
-            logits = model(input_ids=x[:, lo:stop], key_values=out.key_values, window_start=lo).logits
+        first = lo - 1 if shift else lo
+        while True:
+            idle += int(not bool((x[:, lo:hi] == mask_id).any()))
+            logits = model(input_ids=x[:, first:stop], key_values=out.key_values, window_start=first).logits
             nfe += 1
-            commit(logits, lo, hi, schedule[step] if schedule else None)
+            commit(logits[:, :stop - lo], lo, hi, schedule[step] if schedule and step < len(schedule) else 0)
             step += 1
-    return x, nfe
+            if not bool((x[:, lo:hi] == mask_id).any()):
+                break
+    return x, nfe, idle
 
 
 def dinfer_hierarchy_generate(fn, prompt, *, gen_length, block_length, mask_id, threshold=0.9,

@@ -9,7 +9,11 @@ itself with :func:`~dllm_decoding.core.denoiser.register_model_adapter`.
 from ..core.denoiser import DecodeSession, Denoiser, as_denoiser, check_logits
 from .callable import CallableModel, as_model
 from .hf import KV_CACHE_MODES, HFMaskedDiffusionModel
+from .dream import DreamConfig, DreamForDiffusionLM
+from .families import FAMILIES, load_model
+from .llada import LLaDAConfig, LLaDAForDiffusionLM
 from .perturbed import PerturbedLogits
 
-__all__ = ["KV_CACHE_MODES", "CallableModel", "DecodeSession", "Denoiser", "HFMaskedDiffusionModel",
-           "PerturbedLogits", "as_denoiser", "as_model", "check_logits"]
+__all__ = ["FAMILIES", "KV_CACHE_MODES", "CallableModel", "DecodeSession", "Denoiser", "DreamConfig",
+           "DreamForDiffusionLM", "HFMaskedDiffusionModel", "LLaDAConfig", "LLaDAForDiffusionLM",
+           "PerturbedLogits", "as_denoiser", "as_model", "check_logits", "load_model"]

@@ -41,7 +41,9 @@ class DreamConfig(PretrainedConfig):
         self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
         self.num_key_value_heads = num_key_value_heads or num_attention_heads
         self.hidden_act, self.rms_norm_eps = hidden_act, rms_norm_eps
-        self.rope_theta, self.rope_scaling, self.use_sliding_window = rope_theta, rope_scaling, use_sliding_window
+        # rope_scaling is checked (unsupported_fields: plain RoPE only) and not kept: transformers 5
+        # deprecates the attribute
+        self.rope_theta, self.use_sliding_window = rope_theta, use_sliding_window
         self.mask_token_id, self.max_position_embeddings = mask_token_id, max_position_embeddings
         kwargs.pop("rope_parameters", None)  # written by transformers 5's save; rope_theta is the truth here
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)

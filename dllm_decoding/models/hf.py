@@ -18,9 +18,8 @@ class _HFSession(DecodeSession):
         # decided once per decode: without padding the model needs no mask at all
         self.pass_mask = denoiser.takes_attention_mask and bool((attention_mask == 0).any())
         self.block: tuple[int, int] | None = None
-        # (rows, every layer's keys and values, logits) of the last full forward, and the
-        # forwards since it
-        self.cache: tuple[torch.Tensor | None, Any, torch.Tensor] | None = None
+        # (rows, every layer's keys and values) of the last full forward, and the forwards since it
+        self.cache: tuple[torch.Tensor | None, Any] | None = None
         self.cache_age = 0
 
     def start_block(self, start, end):
@@ -40,41 +39,71 @@ class _HFSession(DecodeSession):
             return self._cached_forward(canvas, rows)
         out = self._call(canvas, rows)
         logits = out.logits if hasattr(out, "logits") else out[0]
-        if den.shift_logits:  # Dream-style: logits[:, i] predicts token i + 1
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        return _align_next_token_logits(logits) if den.shift_logits else logits
 
     def _cached_forward(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """Fast-dLLM's key-value cache: the block's first step runs the whole canvas and keeps
         every layer's keys and values; later steps of the block compute only a window (the block
         for ``dual``, the block and everything after it for ``prefix``) and attend to the cached
         keys elsewhere, until ``kv_refresh`` forwards have used the cache (then a full forward
-        refreshes it). Logits outside the window are those of the last full forward."""
+        refreshes it). A cached step returns the block's logits only ``(b, L, V)``: the loop
+        needs nothing else, so no canvas-wide logits are kept or rebuilt."""
         den: HFMaskedDiffusionModel = self.denoiser  # type: ignore[assignment]
         start, end = self.block
         stop = end if den.kv_cache == "dual" else canvas.shape[1]
         if self.cache is None or (den.kv_refresh is not None and self.cache_age >= den.kv_refresh):
             out = self._call(canvas, rows, use_cache=True)
-            self.cache, self.cache_age = (rows, out.key_values, out.logits), 0
-            return out.logits
+            self.cache, self.cache_age = (rows, out.key_values), 0
+            return _align_next_token_logits(out.logits) if den.shift_logits else out.logits
         self.cache_age += 1
-        cache_rows, key_values, full_logits = self.cache
+        cache_rows, key_values = self.cache
         if rows is not None and (cache_rows is None or rows.numel() != cache_rows.numel()):
             # rows only leave a block (they finish it), so they are a subset of the cached ones
             pick = rows if cache_rows is None else torch.searchsorted(cache_rows, rows)
             key_values = tuple((k[pick], v[pick]) for k, v in key_values)
-            full_logits = full_logits[pick]
-            self.cache = (rows, key_values, full_logits)
-        window = self._call(canvas[:, start:stop], rows, key_values=key_values, window_start=start).logits
-        return torch.cat([full_logits[:, :start], window, full_logits[:, stop:]], dim=1)
+            self.cache = (rows, key_values)
+        # Dream-style logits: position i's come from the model's output at i - 1, so the window
+        # starts one position earlier (that position is recomputed against the cache too)
+        first = start - 1 if den.shift_logits and start > 0 else start
+        window = self._call(canvas[:, first:stop], rows, key_values=key_values, window_start=first).logits
+        if den.shift_logits and start == 0:
+            window = _align_next_token_logits(window)
+        return window[:, :end - start]
 
 
+def _align_next_token_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Dream-style logits (``logits[:, i]`` predicts token ``i + 1``) aligned so that
+    ``[:, i]`` predicts token ``i``, as Dream's own generate does (position 0 keeps its own)."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def _family_shift(model: Any) -> bool | None:
+    """Whether the model's family predicts the next token (Dream: True, LLaDA: False), from our
+    classes' ``logits_predict_next_token`` or a published checkpoint's ``model_type``; None
+    when unknown. Looks through wrappers that keep the model as ``inner``."""
+    while model is not None:
+        known = getattr(type(model), "logits_predict_next_token", None)
+        if known is not None:
+            return bool(known)
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type in NEXT_TOKEN_MODEL_TYPES:
+            return True
+        if model_type in SAME_TOKEN_MODEL_TYPES:
+            return False
+        model = getattr(model, "inner", None)
+    return None
+
+
+# published model_type values whose logits predict the next token / their own position
+NEXT_TOKEN_MODEL_TYPES = frozenset({"Dream"})
+SAME_TOKEN_MODEL_TYPES = frozenset({"llada", "lladamoe", "llada_moe", "dllm_reference"})
 KV_CACHE_MODES = ("prefix", "dual")
 
 
 class HFMaskedDiffusionModel(Denoiser):
     """A Hugging Face masked-diffusion model (LLaDA-style; ``shift_logits=True`` for Dream-style
-    models whose logits predict the next position).
+    models whose logits predict the next position; default: from the model's family, Dream
+    shifted, else not).
 
     ``kv_cache`` (``"prefix"`` or ``"dual"``, for models that support it, as the reference model
     does) decodes with Fast-dLLM's approximate key-value cache; ``kv_refresh=N`` refreshes it
@@ -82,7 +111,7 @@ class HFMaskedDiffusionModel(Denoiser):
     """
 
     def __init__(self, model: torch.nn.Module, *, mask_id: int | None = None,
-                 shift_logits: bool = False, kv_cache: str | None = None,
+                 shift_logits: bool | None = None, kv_cache: str | None = None,
                  kv_refresh: int | None = None) -> None:
         config = getattr(model, "config", None)
         if mask_id is None:
@@ -99,6 +128,14 @@ class HFMaskedDiffusionModel(Denoiser):
         self.model = model.eval() if model.training else model
         self.mask_id = int(mask_id)
         self.vocab_size = vocab_size
+        family_shift = _family_shift(model)
+        if shift_logits is None:
+            shift_logits = bool(family_shift)
+        elif family_shift is not None and shift_logits != family_shift:
+            kind = type(model).__name__
+            raise InputError(f"shift_logits={shift_logits} contradicts the model ({kind}): its logits predict "
+                             f"{'the next token' if family_shift else 'their own position'}, so it decodes with "
+                             f"shift_logits={family_shift}; drop the argument (--shift-logits) to use the family's")
         self.shift_logits = shift_logits
         self.name = getattr(config, "name_or_path", None) or type(model).__name__
         self.takes_attention_mask = _takes_attention_mask(type(model))
@@ -106,9 +143,6 @@ class HFMaskedDiffusionModel(Denoiser):
             if kv_cache not in KV_CACHE_MODES:
                 raise InputError(f"kv_cache={kv_cache!r} is not a cache mode; use one of "
                                  f"{', '.join(map(repr, KV_CACHE_MODES))} or None (no cache)")
-            if shift_logits:
-                raise InputError("kv_cache needs logits aligned with their positions; it does not "
-                                 "support shift_logits=True (Dream-style) models")
             missing = {"use_cache", "key_values", "window_start"} - _forward_parameters(type(model))
             if missing:
                 raise InputError(f"kv_cache={kv_cache!r}: {type(model).__name__}.forward does not take "
