@@ -14,10 +14,15 @@ There are two kinds of hooks:
   (several, in order, for ``fuse``), the core instantiates them with their validated options and
   calls them once per step with batched tensors, never per token.
 
-Tensor conventions for component hooks: ``B`` rows, ``T = prompt_length + gen_length`` positions,
-``V`` vocabulary entries. Hooks see the whole batch; ``state.active_rows`` says which rows are
-being decoded this step (logits of inactive rows are zeros and their results are ignored).
-A hook never modifies its inputs in place; it returns new tensors.
+Tensor conventions for component hooks: ``B`` rows, ``L = block_length`` positions of the
+current block, ``V`` vocabulary entries. **Step hooks see the current block only**: logits are
+``(B, L, V)``, proposals and masks ``(B, L)``; column ``j`` is canvas position
+``state.block_start + j`` (only the block can change in a step, so work per step scales with the
+block, not the canvas; ``state.canvas`` and ``state.open`` stay ``(B, T)``, ``state.selectable``
+and ``state.block_canvas`` are their block columns). Hooks see the whole batch;
+``state.active_rows`` says which rows are being decoded this step (logits of inactive rows are
+zeros and their results are ignored). A hook never modifies its inputs or the state in place;
+it returns new tensors (a component's own memory in ``state.plugin_state`` is its own to update).
 """
 
 from __future__ import annotations
@@ -63,9 +68,9 @@ def dllm_decoding_register_strategies(register):
 def fuse(state, logits):
     """Transform this step's logits before scoring (credit fusion, temperature, processors).
 
-    :param state: the :class:`~dllm_decoding.state.DecodeState` of this decode.
-    :param logits: float tensor ``(B, T, V)``: the model's logits, or the previous fuse
-        component's output. Must not be modified in place.
+    :param state: the :class:`~dllm_decoding.DecodeState` of this decode.
+    :param logits: float tensor ``(B, L, V)``: the model's logits for the current block, or the
+        previous fuse component's output. Must not be modified in place.
     :return: a new float tensor of the same shape (its dtype may be promoted, e.g. bf16 logits
         plus float32 credit give float32, as the reference implementations do).
 
@@ -76,16 +81,15 @@ def fuse(state, logits):
 
 @hookspec(firstresult=True)
 def score(state, logits):
-    """Propose a token and a confidence for every position.
+    """Propose a token and a confidence for every position of the current block.
 
     :param state: the decode state.
-    :param logits: the fused logits ``(B, T, V)``.
-    :return: a :class:`~dllm_decoding.state.Proposal` (``tokens`` ``(B, T)`` long,
-        ``confidence`` ``(B, T)`` float, larger = more certain).
-
-    Only the current block can commit, so a scorer may compute confidence for the block alone
-    and put ``-inf`` elsewhere (the built-in ones do: a full-width float64 softmax over a large
-    vocabulary dominates a step's time and memory).
+    :param logits: the fused block logits ``(B, L, V)``.
+    :return: a :class:`~dllm_decoding.Proposal` (``tokens`` ``(B, L)`` long, ``confidence``
+        ``(B, L)`` float, larger = more certain, ``logits`` the logits it scored). The core
+        checks every committed token: one outside the vocabulary, the mask token, or a NaN
+        confidence is a ``PluginError`` naming this component (or the fuse chain, or the model,
+        when the fault is theirs).
 
     First result wins; a strategy has exactly one score component.
     """
@@ -95,12 +99,12 @@ def score(state, logits):
 def select(state, proposal):
     """Choose which open positions of the current block commit their proposed token now.
 
-    :param state: the decode state (``state.open`` and ``state.block_mask`` say what may be
-        chosen; ``state.block_step`` and ``state.steps_per_block`` give the schedule position).
-    :param proposal: the :class:`~dllm_decoding.state.Proposal` of this step.
-    :return: bool tensor ``(B, T)``. The core intersects it with the open positions of the
-        current block of active rows and, for a row that would commit nothing, commits its most
-        confident open position (the progress guarantee).
+    :param state: the decode state (``state.selectable`` ``(B, L)`` says what may be chosen;
+        ``state.block_step`` and ``state.steps_per_block`` give the schedule position).
+    :param proposal: the :class:`~dllm_decoding.Proposal` of this step.
+    :return: bool tensor ``(B, L)``. The core intersects it with ``state.selectable`` and, for a
+        row that would commit nothing, commits its most confident selectable position (the
+        progress guarantee; never a prompt or decided position, -inf confidences included).
 
     First result wins; a strategy has exactly one select component.
     """
@@ -112,11 +116,11 @@ def remask(state, proposal, commit):
 
     :param state: the decode state, *after* this step's commits were applied.
     :param proposal: this step's proposal.
-    :param commit: bool ``(B, T)``: the positions committed in this step.
-    :return: bool tensor ``(B, T)`` of positions to reopen. The core restricts it to decided
-        positions of the current block, never reopens everything that was decided in a row, and
-        stops calling ``remask`` once a block has used ``max_steps_per_block`` steps, so every
-        decode ends.
+    :param commit: bool ``(B, L)``: the block positions committed in this step.
+    :return: bool tensor ``(B, L)`` of block positions to reopen. The core restricts it to
+        decided positions of active rows, never reopens everything a row has decided in the
+        block (it keeps the rightmost decided one), and stops calling ``remask`` once a block
+        has used ``max_steps_per_block`` steps, so every decode ends.
 
     First result wins; at most one remask component per strategy.
     """
@@ -142,7 +146,8 @@ def on_block_start(state):
 
 @hookspec
 def on_step_end(state, record):
-    """Called after every step with the step's :class:`~dllm_decoding.state.StepRecord`.
+    """Called after every step with the step's :class:`~dllm_decoding.StepRecord` (its
+    proposal and masks are block-width, ``record.block_start`` says where the block starts).
 
     Observers (trace recorder, progress bars) use it. Skipped entirely, record and all, when no
     component implements it.
@@ -151,4 +156,4 @@ def on_step_end(state, record):
 
 @hookspec
 def on_decode_end(state, output):
-    """Called once with the finished :class:`~dllm_decoding.state.GenerateOutput`."""
+    """Called once with the finished :class:`~dllm_decoding.GenerateOutput`."""
