@@ -198,15 +198,15 @@ def load_model(path: str | Path, *, mask_id: int | None = None, dtype: Any = Non
     config = read_config(path)
     family, config_object = check_family_checkpoint(path, config)
     config_object.mask_token_id = resolve_mask_id(path, config, family, mask_id)
-    kwargs: dict[str, Any] = {"dtype": dtype if dtype is not None else "auto"}
-    if device is not None:
-        kwargs["device_map"] = device
     with _quiet_loading():
         model, info = family.model_class.from_pretrained(path, config=config_object, local_files_only=True,
-                                                         output_loading_info=True, **kwargs)
+                                                         output_loading_info=True,
+                                                         dtype=dtype if dtype is not None else "auto")
     _refuse_mismatch(path, family, sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ())),
                      sorted(str(k) for k in info.get("mismatched_keys", ())))
     model.eos_token_ids = eos_ids(config, family)
+    if device is not None:
+        model = model.to(device)
     return model.eval()
 
 
