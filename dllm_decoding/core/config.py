@@ -208,10 +208,41 @@ def _validate_options(cls: type[Component], cfg: ComponentConfig, where: str) ->
                               f"{did_you_mean(key, fields)}")
         if is_none_spelling(value) and admits_none(fields[key].annotation):
             options[key] = None  # `--set select.near_max=none`, `near_max = "none"` in TOML
+        else:
+            _check_number(where, key, value, fields[key].annotation, cls.name)
     return validate_options(cls.Options, options, prefix=f"{where}.", component=cls.name)
 
 
 _explain = explain_validation_error
+
+
+def _base_types(annotation: Any) -> set[Any]:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _base_types(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return set().union(*(_base_types(a) for a in get_args(annotation)))
+    return {annotation}
+
+
+def _check_number(where: str, key: str, value: Any, annotation: Any, component: str) -> None:
+    """Numbers are numbers, whatever an Options model declares: a boolean, a string or a NaN /
+    infinity for an int or float option is refused even where pydantic's lax mode would take it
+    (True as 1, "0.8" as 0.8), so every plugin's options are strict and finite."""
+    types = _base_types(annotation)
+    if not types or not types <= {int, float, NoneType}:
+        return  # not a plain number field (a Literal, a str, a bool...): its own model decides
+    kind = "a valid number" if float in types else "a valid integer"
+    problem = None
+    if isinstance(value, bool):
+        problem = f"Input should be {kind}, not a boolean"
+    elif isinstance(value, (str, bytes)):
+        problem = f"Input should be {kind}, not a string" + (
+            " (None is spelled none only where the option takes None)" if is_none_spelling(value) else "")
+    elif isinstance(value, float) and not math.isfinite(value):
+        problem = "Input should be a finite number"
+    if problem:
+        raise ConfigError(f"invalid option of component {component!r}: {where}.{key}: {problem} (got {value!r})")
 
 
 # --------------------------------------------------------------------------- loading
