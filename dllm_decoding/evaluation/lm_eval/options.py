@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,11 @@ class LmEvalOptions:
     trust_remote_code: bool = False
 
     @classmethod
-    def from_model_args(cls, model_args: Mapping[str, Any]) -> LmEvalOptions:
+    def from_model_args(cls, model_args: Mapping[str, Any], *, check_model: bool = True) -> LmEvalOptions:
         """Options from ``--model_args`` (as lm-eval parses them: values may be str, int, float,
-        bool or None); every mistake is one :class:`ConfigError` naming the key and the fix."""
+        bool or None); every mistake is one :class:`ConfigError` naming the key and the fix.
+        ``check_model=False`` skips the checks of ``pretrained`` (a path that exists here, what
+        the reference model takes): for commands written for another machine."""
         values: dict[str, Any] = {}
         overrides: dict[str, Any] = {}
         for key, value in model_args.items():
@@ -115,13 +117,18 @@ class LmEvalOptions:
             shift_logits=_boolean(values, "shift_logits", False),
             trust_remote_code=_boolean(values, "trust_remote_code", False),
         )
-        options.check()
+        options.check(check_model=check_model)
         return options
 
-    def check(self) -> None:
+    def check(self, *, check_model: bool = True) -> None:
         """Everything that can be known without loading the model."""
         if self.kv_refresh is not None and self.kv_cache is None:
             raise ConfigError(f"kv_refresh={self.kv_refresh}: it refreshes the key-value cache; add kv_cache=prefix or dual")
+        if check_model:
+            self._check_model()
+        self.strategy_for(self.gen_length or self.block_length)
+
+    def _check_model(self) -> None:
         reference = is_reference_checkpoint(self.pretrained)
         if not reference and not Path(self.pretrained).is_dir():
             raise ConfigError(f"pretrained={self.pretrained!r} is neither 'reference' nor a local checkpoint directory; "
@@ -134,7 +141,6 @@ class LmEvalOptions:
         if reference and self.chat_template:
             raise ConfigError("chat_template=true: the reference model's tokenizer has no chat template; "
                               "use chat_template=false")
-        self.strategy_for(self.gen_length or self.block_length)
 
     def strategy_for(self, gen_length: int | None):
         """The strategy a request with this answer length decodes with (checked: an override that
@@ -156,9 +162,6 @@ class LmEvalOptions:
                               f"{self.gen_length} decodes only {self.gen_length}; raise gen_length, or lower the "
                               f"task's limit with --gen_kwargs max_gen_toks={self.gen_length}")
         return self.gen_length
-
-    def with_defaults(self, **defaults: Any) -> LmEvalOptions:
-        return replace(self, **defaults)
 
     def summary(self) -> dict[str, Any]:
         """What the results JSON records about the run (the resolved strategies are per task)."""
