@@ -3,15 +3,14 @@
 from importlib import resources
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import dllm_decoding as dd
 
 
-class CappedThresholdOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.9, gt=0.0, le=1.0, description="commit positions at least this confident")
-    max_per_step: int = Field(4, gt=0, description="but never more than this many per row and step")
+class CappedThresholdOptions(dd.OptionsModel):
+    threshold: dd.FiniteFloat = Field(0.9, gt=0.0, le=1.0, description="commit positions at least this confident")
+    max_per_step: dd.StrictInt = Field(4, gt=0, description="but never more than this many per row and step")
 
 
 class CappedThreshold(dd.Component):
