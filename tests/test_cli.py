@@ -33,7 +33,7 @@ def test_strategies_list_and_show(capsys):
                        "--set", "fuse.credit.alpha=0.5", "--json")
     data = json.loads(out)
     assert data["select"] == {"use": "threshold", "threshold": 0.8, "near_max": 1e-5}
-    assert data["fuse"][0] == {"use": "credit", "alpha": 0.5, "beta": 0.8, "gamma": 0.2}
+    assert data["fuse"][0] == {"use": "credit", "alpha": 0.5, "beta": 0.8, "gamma": 0.2, "slots": None}
     assert data["steps"] == data["gen_length"] == 64
     code, out, _ = run(capsys, "strategies", "llada_low_confidence", "--set", "steps=32")
     assert code == 0 and "steps = 32" in out and '[select]\nuse = "topk"' in out

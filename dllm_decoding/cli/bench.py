@@ -3,6 +3,7 @@
     dllm-decode bench --out docs/benchmarks --report docs/benchmarks.md   # the page, regenerated
     dllm-decode bench --quick                          # < 2 minutes on 2 cores
     dllm-decode bench --overhead                       # framework vs a bare hand-written loop
+    dllm-decode bench --scaling --out docs/benchmarks  # the loop's cost from 256 to 8192 tokens
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..evaluation.bench import (PARTIAL_NAME, QUICK_TASKS, SWEEPS, make_plots, p
 from ..evaluation.metrics import claims
 from ..evaluation.overhead import measure_overhead
 from ..evaluation.report import markdown, overhead_table, write_report
+from ..evaluation.scaling import plot_scaling, run_scaling, scaling_markdown
 from ..tasks import TASKS
 from .common import (add_blocks_argument, add_model_arguments, check_batch_size, check_example_count,
                      check_writable_dir, check_writable_file, model_from_args, model_options)
@@ -59,6 +61,19 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overhead", action="store_true", help="only measure framework vs bare-loop decode time")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and trace figures")
     p.add_argument("--out", default="bench-results", help="output directory (bench.json, bench.md, PNGs)")
+    scaling = p.add_argument_group("scaling (with --scaling: a synthetic model, no tasks)")
+    scaling.add_argument("--scaling", action="store_true",
+                         help="measure the loop's time per step and memory against gen_length with a synthetic "
+                              "model whose forward costs ~nothing; writes scaling.json, scaling.md, scaling.png")
+    scaling.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192], metavar="N",
+                         help="gen_length values (multiples of 32; default 256 ... 8192)")
+    scaling.add_argument("--vocab", type=int, default=8192, help="the synthetic model's vocabulary (default 8192)")
+    scaling.add_argument("--batches", type=int, nargs="+", default=[1], metavar="B", help="batch sizes (default 1)")
+    scaling.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
+    scaling.add_argument("--strategies", nargs="+", metavar="PRESET", help="presets (default: all)")
+    scaling.add_argument("--dinfer-lengths", type=int, nargs="*", default=[256, 1024], metavar="N",
+                         help="credit_decoding vs dInfer's credit loop at LLaDA's vocabulary (126464), batch 1, "
+                              "both dtypes, at these lengths (none: skip)")
     p.add_argument("--report", metavar="PAGE.md",
                    help="also measure the framework overhead and write the full benchmarks page "
                         "(docs/benchmarks.md: verdicts on CreditDecoding's claims, tables, plots from --out)")
@@ -66,6 +81,8 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
+    if args.scaling:
+        return run_scaling_bench(args, out_dir)
     if args.overhead:
         if model_options(args):
             raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature, "
@@ -119,4 +136,27 @@ def run_bench(args: argparse.Namespace) -> int:
     print(json.dumps(payload["claims"], indent=2))
     written = [str(results_path), str(out_dir / "bench.md"), *payload.get("plots", {}).values()]
     print(f"wrote {', '.join(written)}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def run_scaling_bench(args: argparse.Namespace, out_dir: Path) -> int:
+    import dllm_decoding as dd
+
+    strategies = args.strategies or dd.list_strategies()
+    for name in strategies:
+        dd.load_strategy(name)  # unknown names fail before any work
+    bad = [g for g in [*args.lengths, *args.dinfer_lengths] if g < 32 or g % 32]
+    if bad:
+        raise ConfigError(f"--lengths / --dinfer-lengths {bad[0]}: use multiples of the block length 32")
+    if args.vocab < 2 or any(b < 1 for b in args.batches):
+        raise ConfigError("--vocab must be >= 2 and every --batches value >= 1")
+    check_writable_dir(out_dir, "--out")
+    dinfer = [{"gen_length": g, "dtype": d, "repeats": 3} for d in args.dtypes for g in args.dinfer_lengths]
+    with sigterm_as_interrupt():
+        payload = run_scaling(strategies, args.lengths, args.batches, args.dtypes, args.vocab, dinfer)
+    (out_dir / "scaling.json").write_text(json.dumps(payload, indent=1))
+    (out_dir / "scaling.md").write_text(scaling_markdown(payload))
+    plot_scaling(payload, out_dir / "scaling.png")
+    print(scaling_markdown(payload))
+    print(f"wrote {out_dir / 'scaling.json'}, {out_dir / 'scaling.md'} and {out_dir / 'scaling.png'}")
     return 0
