@@ -61,6 +61,9 @@ def test_documented_commands_parse(name, argv):
     if args.command == "bench" and not args.overhead:
         settings = bench.parse_settings(args.settings) if args.settings else bench.SWEEPS["full"]
         bench.validate(settings, args.tasks or list(TASKS))
+    if args.command == "lm-eval":  # lm-eval's parser takes the rest; the model_args are valid
+        from dllm_decoding.cli.lm_eval import check_command
+        check_command(args.lm_eval_args)
 
 
 def test_the_docs_show_commands():

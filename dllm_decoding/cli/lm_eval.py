@@ -86,6 +86,31 @@ def prepare(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return run_argv, include_paths(user_include)
 
 
+def check_command(argv: Sequence[str]) -> None:
+    """What a documented command can be checked for without its machine: lm-eval's parser accepts
+    the arguments and the model_args are valid (the checkpoint path is not looked at)."""
+    from ..evaluation.lm_eval import require_lm_eval
+    from ..evaluation.lm_eval.options import LmEvalOptions
+
+    require_lm_eval()
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.utils import simple_parse_args_string
+
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        return
+    saved = sys.argv
+    sys.argv = ["lm-eval", "run", "--model", "dllm", *_without(argv, "--model")]
+    try:
+        HarnessCLI().parse_args()
+    except SystemExit:
+        raise ConfigError(f"lm-eval does not accept: {' '.join(argv)}") from None
+    finally:
+        sys.argv = saved
+    model_args = simple_parse_args_string(_option(argv, "--model_args") or "")
+    LmEvalOptions.from_model_args(model_args, check_model=model_args.get("pretrained", "reference") == "reference")
+
+
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     argv = list(args.lm_eval_args)
     if not argv or argv[0] in ("-h", "--help"):
