@@ -150,7 +150,7 @@ def test_cli_kv_cache_option(capsys):
     for argv, message in [
         (["generate", "--model", "toy", "--prompt-ids", "1,2", "--kv-cache", "dual"], "toy model is a plain function"),
         (["bench", "--overhead", "--kv-cache", "prefix"], "drop --logit-temperature, --logit-noise and --kv-cache"),
-        (["eval", "--task", "sort", "--kv-refresh", "2"], "--kv-refresh 2: give a number >= 1 of cached forwards"),
+        (["eval", "--task", "sort", "--kv-refresh", "2"], "--kv-refresh 2 refreshes the key-value cache: it needs --kv-cache"),
         (["eval", "--task", "sort", "--kv-cache", "dual", "--kv-refresh", "0"], "--kv-refresh 0"),
         (["eval", "--task", "sort", "--blocks", "5"], "--blocks 5: task 'sort' has 12-token answers"),
         (["bench", "--tasks", "sort", "insert", "--blocks", "5"], "--blocks 5: task 'sort' has 12-token answers"),
