@@ -235,7 +235,7 @@ r = simple_evaluate(model_args="pretrained=reference,strategy=credit_decoding,ba
                     log_samples=True)
 if r is not None:
     out = {"results": r["results"], "stats": r["config"]["dllm"]["tasks"], "world": r["config"]["dllm"]["world_size"],
-           "samples": {t: sorted([s["doc_id"], s["resps"]] for s in v) for t, v in r["samples"].items()}}
+           "samples": {t: sorted([s["doc_id"], s["filtered_resps"]] for s in v) for t, v in r["samples"].items()}}
     open(sys.argv[1], "w").write(json.dumps(out))
 """
 
