@@ -15,7 +15,7 @@ LAYERS = [
     ("models", ["dllm_decoding.models"]),
     ("public API", ["dllm_decoding"]),  # the package's __init__: re-exports core and models
     ("plugins, toys, tasks", ["dllm_decoding.plugins", "dllm_decoding.strategies", "dllm_decoding.testing",
-                              "dllm_decoding.tasks"]),
+                              "dllm_decoding.tasks", "dllm_decoding.streaming"]),
     ("reference model", ["dllm_decoding.reference"]),
     ("evaluation", ["dllm_decoding.evaluation"]),
     ("cli", ["dllm_decoding.cli"]),

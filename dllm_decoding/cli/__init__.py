@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_overrides(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--stream", action="store_true",
+                   help="show the answers forming step by step (provisional tokens dimmed on a terminal, "
+                        "in [brackets] otherwise)")
     p.set_defaults(func=generate.cmd_generate)
 
     p = sub.add_parser("demo", help="the three reference presets side by side on the reference model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ import torch
 import dllm_decoding as dd
 from ..core.config import parse_overrides
 from ..evaluation.loading import is_reference_checkpoint
+from ..streaming import StepStreamer, TerminalText
 from ..tasks import ALPHABET, TASKS, decode_answer, encode_batch, get_task
 from .common import check_example_count, model_from_args
 
@@ -63,11 +65,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         overrides["gen_length"] = args.gen_length
     if args.block_length is not None:
         overrides["block_length"] = args.block_length
+    reference_tokens = tokenizer is not None and is_reference_checkpoint(args.model)
+    observers = [_terminal_streamer(tokenizer, reference_tokens)] if args.stream else []
     out = dd.generate(model, prompt_ids, args.strategy, overrides=overrides,
-                      attention_mask=attention_mask, seed=args.seed)
+                      attention_mask=attention_mask, seed=args.seed, observers=observers)
     rows = []
-    if tokenizer is not None:
-        reference_tokens = is_reference_checkpoint(args.model)
     for i in range(out.sequences.shape[0]):
         row: dict[str, Any] = {"answer_ids": out.answers[i].tolist(), "nfe": int(out.nfe[i])}
         if tokenizer is not None:
@@ -124,3 +126,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if other_valid:  # tasks with several valid answers: the reference is only one of them
         print(f"\n{', '.join(other_valid)}: several answers are valid; the reference is one of them.")
     return 0
+
+
+def _terminal_streamer(tokenizer: Any, reference_tokens: bool) -> StepStreamer:
+    """``--stream``: the answers forming, one line per row, redrawn in place on a terminal
+    (provisional tokens dimmed), one block of lines per step otherwise."""
+    if tokenizer is None:
+        def decode(ids: list[int]) -> str:
+            return " ".join(map(str, ids)) + " "
+    elif reference_tokens:
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "")
+    else:
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=False)
+    tty = sys.stdout.isatty()
+    text = TerminalText(decode, ansi=tty)
+    drawn = [0]
+
+    def show(update: Any) -> None:
+        lines = [text.row(update, row) for row in range(update.tokens.shape[0])]
+        if tty and drawn[0]:
+            sys.stdout.write(f"\x1b[{drawn[0]}F")  # back to the first line of the last drawing
+        prefix = "done" if update.done else f"step {update.step}"
+        for row, line in enumerate(lines):
+            sys.stdout.write(("\x1b[2K" if tty else "") + f"{prefix} row {row}: {line}\n")
+        sys.stdout.flush()
+        drawn[0] = len(lines)
+
+    return StepStreamer(show)

@@ -17,6 +17,7 @@ import pluggy
 import torch
 
 from . import hookspecs
+from .arguments import check_decode_size, check_eos_id, check_generate_arguments
 from .components import Component
 from .config import Strategy, load_strategy
 from .errors import InputError, ModelError, PluginError
@@ -200,6 +201,7 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
     :param trace: record every step (``out.trace``); costs nothing when off.
     :param observers: extra observer components (lifecycle hooks only), e.g. progress reporting.
     """
+    check_generate_arguments(overrides=overrides, eos_id=eos_id, observers=observers, registry=registry)
     registry = registry or get_registry()
     merged = dict(overrides or {})
     for key, value in (("gen_length", gen_length), ("block_length", block_length),
@@ -209,8 +211,8 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
     strat = load_strategy(strategy, merged, registry)
     denoiser = as_denoiser(model)
     prompt, prompt_mask, given = check_prompt(prompt_ids, attention_mask, denoiser.mask_id, denoiser.vocab_size)
-    if eos_id is not None and not 0 <= eos_id < denoiser.vocab_size:
-        raise InputError(f"eos_id={eos_id} is outside the model's vocabulary [0, {denoiser.vocab_size})")
+    eos_id = check_eos_id(eos_id, denoiser.vocab_size)
+    check_decode_size(prompt.shape[0], prompt.shape[1] + strat.gen_length, denoiser.vocab_size)
     if observers:
         pipeline = Pipeline(strat.instantiate(registry) + _tracer(trace) + list(observers))
     else:
