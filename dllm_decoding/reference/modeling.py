@@ -154,7 +154,9 @@ class ReferenceModelForMaskedLM(PreTrainedModel):
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0).to(torch.float32)
         positions = positions[:, window_start:window_start + t]
         angles = positions[:, None, :, None] * self._inv_freq(input_ids.device)  # (b, 1, t, hd/2)
-        cos, sin = angles.cos(), angles.sin()
+        # RoPE in float32, applied in the weights' dtype: bf16 / fp16 models stay in their dtype
+        weight_dtype = self.embed.weight.dtype
+        cos, sin = angles.cos().to(weight_dtype), angles.sin().to(weight_dtype)
         key_mask = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, T): never attend to padding
         x = self.embed(input_ids)
         present = []
