@@ -12,6 +12,7 @@ from ..core.errors import ConfigError, ModelError
 from ..models import HFMaskedDiffusionModel, PerturbedLogits
 from ..models.families import check_generic_checkpoint, family_of, load_tokenizer, read_config
 from ..models.families import load_model as load_family_model
+from ..models.placement import resolve_device, resolve_dtype
 from ..reference import _first_line, _no_progress_bar, load_reference_model
 from ..reference.modeling import MODEL_TYPE
 from ..testing import ContextModel
@@ -47,11 +48,18 @@ def check_checkpoint_dir(path: str | Path) -> dict[str, Any]:
 
 def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float = 0.0,
                kv_cache: str | None = None, kv_refresh: int | None = None, mask_id: int | None = None,
-               shift_logits: bool = False, trust_remote_code: bool = False) -> tuple[Any, Any]:
+               shift_logits: bool = False, trust_remote_code: bool = False, device: Any = None,
+               dtype: Any = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``reference``, ``toy`` (tokenizer None) or a local checkpoint
     directory (the reference architecture, or any Hugging Face masked-diffusion model), its
     logits perturbed when asked (:class:`PerturbedLogits`) and decoded with a key-value cache
-    when asked (``HFMaskedDiffusionModel(kv_cache=...)``)."""
+    when asked (``HFMaskedDiffusionModel(kv_cache=...)``). ``device`` / ``dtype``: where it runs and in
+    which dtype (``auto`` = CUDA in bfloat16 when available, else CPU in float32; see
+    :mod:`dllm_decoding.models.placement`; default: the CPU, the checkpoint's dtype), checked before
+    any weight loads; the model is moved and cast once, here. The toy model has no weights: it
+    follows its prompts' device."""
+    device = resolve_device("cpu" if device is None else device)
+    dtype = None if dtype is None else resolve_dtype(dtype, device)
     if name == "toy":
         return ContextModel(vocab_size=16), None
     if name != "reference" and not Path(name).is_dir():
@@ -63,13 +71,16 @@ def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float 
         model, tokenizer = load_reference_model(None if name == "reference" else name)
     elif (family := family_of(read_config(name))) is not None and not trust_remote_code:
         # LLaDA, Dream: our own classes, no remote code; mask id, EOS ids and logit shift from the family
-        model, tokenizer = load_family_model(name, mask_id=mask_id), load_tokenizer(name, family)
+        model = load_family_model(name, mask_id=mask_id, device=device, dtype=dtype)
+        tokenizer = load_tokenizer(name, family)
     else:
         check_generic_checkpoint(name, read_config(name), trust_remote_code)
         model, tokenizer = load_hf_checkpoint(name, trust_remote_code=trust_remote_code)
         if mask_id is None and getattr(model.config, "mask_token_id", None) is None:
             raise ConfigError(f"--model {name}: its config has no mask_token_id; pass --mask-id "
                               f"(the [MASK] token's id, e.g. 126336 for LLaDA)")
+    # once, at load (a no-op for a family model, loaded in place)
+    model = model.to(device=device, **({} if dtype is None else {"dtype": dtype}))
     if logit_temperature != 1.0 or logit_noise:
         model = PerturbedLogits(model, logit_temperature, logit_noise)
     if kv_cache is not None or mask_id is not None or shift_logits:

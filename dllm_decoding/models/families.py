@@ -20,6 +20,7 @@ import torch
 
 from ..core.errors import ConfigError, ModelError
 from . import dream, llada
+from .placement import resolve_device, resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,12 @@ def load_model(path: str | Path, *, mask_id: int | None = None, dtype: Any = Non
     ``model_type`` (LLaDA: "llada", Dream: "Dream"), in eval mode, with ``config.mask_token_id``
     and ``eos_token_ids`` set from the family. ``dd.generate(model, ...)`` then decodes with
     the family's logit alignment; ``dd.HFMaskedDiffusionModel(model, kv_cache="dual")`` adds
-    Fast-dLLM's key-value cache. ``dtype`` / ``device``: as ``from_pretrained`` takes them
-    (default: the checkpoint's dtype, CPU)."""
+    Fast-dLLM's key-value cache. ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``,
+    ``"cuda[:N]"`` or a ``torch.device``; ``dtype``: ``"auto"`` (bfloat16 on a GPU that supports
+    it, else float32), ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``. Both are
+    checked against the machine before any weight is read (default: the checkpoint's dtype, CPU)."""
+    target_device = resolve_device(device) if device is not None else None
+    target_dtype = resolve_dtype(dtype, target_device or torch.device("cpu")) if dtype is not None else None
     path = Path(path)
     config = read_config(path)
     family, config_object = check_family_checkpoint(path, config)
@@ -201,12 +206,12 @@ def load_model(path: str | Path, *, mask_id: int | None = None, dtype: Any = Non
     with _quiet_loading():
         model, info = family.model_class.from_pretrained(path, config=config_object, local_files_only=True,
                                                          output_loading_info=True,
-                                                         dtype=dtype if dtype is not None else "auto")
+                                                         dtype=target_dtype or "auto")
     _refuse_mismatch(path, family, sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ())),
                      sorted(str(k) for k in info.get("mismatched_keys", ())))
     model.eos_token_ids = eos_ids(config, family)
-    if device is not None:
-        model = model.to(device)
+    if target_device is not None:
+        model = model.to(target_device)
     return model.eval()
 
 

@@ -31,7 +31,8 @@ class PerturbedLogits(torch.nn.Module):
         out = self.inner(input_ids=input_ids, attention_mask=attention_mask, **cache_args)
         logits = out.logits / self.tau
         if self.noise:
-            jitter = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
+            # drawn on the CPU generator, then moved: the same noise on every device
+            jitter = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype).to(logits.device)
             # keep -inf entries (tokens the model rules out, e.g. [MASK]) ruled out
             logits = logits + self.noise * jitter.masked_fill(torch.isinf(logits), 0.0)
         return SimpleNamespace(logits=logits, key_values=getattr(out, "key_values", None))
