@@ -33,7 +33,9 @@ def dilated_groups(block_length: int, base: float) -> tuple[tuple[int, ...], ...
             continue
         groups.append(group)
         done.update(group)
-    return tuple(tuple(g) for g in groups)
+    # with base < 2 the strides reach 1 before the last step: the groups after it are empty and
+    # would cost forwards that commit nothing
+    return tuple(tuple(g) for g in groups if g)
 
 
 class DilatedOptions(OptionsModel):

@@ -1,0 +1,221 @@
+"""Plain re-statements of the reference loops of issue 13's rules, used as test oracles.
+
+Written in our own words from the behaviour of the reference code (repository, file and commit of
+each in docs/reference-equivalence.md), in the reference's own shape: one row, one loop per
+block, Python loops, no plugins. Temperature 0. ``fn(ids) -> logits`` over the full canvas;
+each returns ``(x, nfe)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+def _schedule(masked: int, steps: int) -> list[int]:
+    base, extra = divmod(masked, steps)
+    return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+def klass_generate(fn, prompt, *, gen_length, block_length, mask_id, vocab_size, kl_threshold=0.01,
+                   history=2, threshold=0.9, k=1):
+    """d2Cache ``src/generation/klass.py::klass_generate`` (alg ``maskgit_plus``, no cache).
+
+    Every step: softmax of the answer region's logits; per position the KL to the previous
+    step's distribution (a float64 buffer of zeros at first, eps 1e-12) is pushed into a
+    ``history``-long float64 window (zeros at first); stable = all of it below the bound. Stable
+    masked positions of the block with confidence >= threshold commit; none: torch.topk over
+    the answer region's confidence (-inf outside the block's masks), ``k`` of them.
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    kl_history = torch.zeros(1, gen_length, history, dtype=torch.float64)
+    prev = torch.zeros(1, gen_length, vocab_size, dtype=torch.float64)
+    nfe = 0
+    for block in range(gen_length // block_length):
+        in_block = torch.zeros(1, gen_length, dtype=torch.bool)
+        in_block[:, block * block_length:(block + 1) * block_length] = True
+        while bool(((x[:, p:] == mask_id) & in_block).any()):
+            logits = fn(x)[:, p:]
+            nfe += 1
+            probs = torch.softmax(logits, dim=-1)
+            conf, x0 = probs.max(dim=-1)
+            masked = x[:, p:] == mask_id
+            conf = torch.where(masked, conf, NEG_INF)
+            kl = (probs * (torch.log(probs + 1e-12) - torch.log(prev + 1e-12))).sum(dim=-1)
+            kl_history = kl_history.roll(shifts=-1, dims=-1)
+            kl_history[..., -1] = kl
+            prev = probs.to(torch.float64)
+            stable = (kl_history < kl_threshold).all(dim=-1) & masked & in_block
+            score = torch.where(stable, conf, NEG_INF)
+            chosen = torch.nonzero(score[0] >= threshold).flatten()
+            if chosen.numel() == 0:
+                ranked = torch.where(masked & in_block, conf, NEG_INF)[0]
+                n = min(k, int((masked & in_block).sum()))
+                chosen = torch.topk(ranked, n).indices
+            x[0, p + chosen] = x0[0, chosen]
+    return x, nfe
+
+
+def prophet_generate(fn, prompt, *, steps, gen_length, block_length, mask_id, answer_start=0,
+                     answer_length=5, early=7.5, mid=5.0, late=2.5):
+    """pixeli99/Prophet ``generate_earlyexit.py::generate`` (``analyze_gap=True``, no cfg, no
+    constraints, ``answer_start_pos = prompt length + answer_start``), temperature 0.
+
+    LLaDA's top-k schedule; before each step's commit, the mean top-1 minus top-2 logit over
+    the answer positions (a Python sum of floats); with ``progress = global step / steps`` the
+    bound is early below 0.33, mid below 0.67, late after; at or above it every remaining mask
+    of the canvas takes its argmax and the decode ends.
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    num_blocks = gen_length // block_length
+    per_block = steps // num_blocks
+    global_step = 0
+    for block in range(num_blocks):
+        lo, hi = p + block * block_length, p + (block + 1) * block_length
+        schedule = _schedule(int((x[0, lo:hi] == mask_id).sum()), per_block)
+        for i in range(per_block):
+            global_step += 1
+            masked = x == mask_id
+            logits = fn(x)
+            x0 = logits.argmax(-1)
+            conf = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+            start = p + answer_start
+            gaps = []
+            for pos in range(start, min(p + gen_length, start + answer_length)):
+                top2 = torch.topk(logits[0, pos], k=2).values
+                gaps.append((top2[0] - top2[1]).item())
+            if gaps:
+                mean = sum(gaps) / len(gaps)
+                progress = global_step / steps
+                bound = early if progress < 0.33 else mid if progress < 0.67 else late
+                if mean >= bound:
+                    x[masked] = x0[masked]
+                    return x, global_step
+            conf[:, hi:] = NEG_INF
+            conf = torch.where(masked, conf, NEG_INF)
+            if schedule[i] > 0:
+                chosen = torch.topk(conf[0], k=schedule[i]).indices
+                x[0, chosen] = x0[0, chosen]
+    return x, global_step
+
+
+def pc_sampler_generate(fn, prompt, *, steps, gen_length, block_length, mask_id, freq, lambd=0.25, alpha=10.0):
+    """NEUIR/PC-Sampler ``src/generate.py::generate_with_pc_sampler``, temperature 0.
+
+    LLaDA's top-k schedule ranked over the block's slice by ``exp(-lambd * j) * min(-p *
+    log(freq[x0] + 1e-9), alpha)`` (``j`` the position in the block, float32).
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    num_blocks = gen_length // block_length
+    per_block = steps // num_blocks
+    nfe = 0
+    for block in range(num_blocks):
+        lo, hi = p + block * block_length, p + (block + 1) * block_length
+        schedule = _schedule(int((x[0, lo:hi] == mask_id).sum()), per_block)
+        for i in range(per_block):
+            masked = x == mask_id
+            logits = fn(x)
+            nfe += 1
+            x0 = logits.argmax(-1)
+            conf = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+            x0 = torch.where(masked, x0, x)
+            cross = (-conf[:, lo:hi] * torch.log(freq[x0[:, lo:hi]] + 1e-9)).clamp(max=alpha)
+            score = torch.exp(-lambd * torch.arange(block_length, dtype=torch.float32)) * cross
+            score = torch.where(masked[:, lo:hi], score, NEG_INF)
+            chosen = torch.topk(score[0], k=schedule[i]).indices
+            x[0, lo + chosen] = x0[0, lo + chosen]
+    return x, nfe
+
+
+def dus_generate(fn, prompt, *, gen_length, block_length, mask_id, base=2.0):
+    """Dilated unmasking (arXiv 2506.19037) in a block loop: per block of ``B`` positions,
+    steps ``t = 1 .. ceil(log_base B)``; step ``t`` commits (argmax) the not yet committed
+    positions ``j`` with ``j % max(1, B // base**t) == 0``; the last step's group is merged
+    into the previous one when it is smaller."""
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    steps = math.ceil(math.log(block_length) / math.log(base))
+    groups, done = [], set()
+    for t in range(1, steps + 1):
+        stride = max(1, int(block_length // base ** t))
+        group = [j for j in range(block_length) if j not in done and j % stride == 0]
+        if t == steps and groups and len(group) < len(groups[-1]):
+            groups[-1] += group
+        else:
+            groups.append(group)
+            done |= set(group)
+    groups = [g for g in groups if g]  # empty groups (base < 2) would commit nothing
+    if not groups:
+        groups = [list(range(block_length))]
+    nfe = 0
+    for block in range(gen_length // block_length):
+        lo = p + block * block_length
+        for group in groups:
+            x0 = fn(x).argmax(-1)
+            nfe += 1
+            for j in group:
+                x[0, lo + j] = x0[0, lo + j]
+    return x, nfe
+
+
+def saber_generate(fn, prompt, *, gen_length, mask_id, n=2, max_steps=10**9):
+    """zhaoyMa/Saber ``decoding.py::generate_with_saber`` with one block (``block_length =
+    gen_length``, its configs), temperature 0.
+
+    Per step: confidence = softmax probability of the argmax at the answer positions; the
+    threshold is the mean confidence of every position at its latest commit (1 before any); every
+    mask above it commits, at least the ``n`` best (torch.topk over the canvas row). The decode
+    ends when nothing is masked. Else backtracking: the decided answer positions are ranked by
+    confidence now minus at the previous step (0 before the first step), and the
+    ``max(n // 2, (m + 7) // 8)`` (at most ``m - 1``, ``m = max(n, commits)``) smallest reopen.
+
+    Restated where Saber's code reaches outside the answer (see docs/reference-equivalence.md):
+    with fewer than ``n`` masks left its ``topk(k=n)`` also picks -inf positions (prompt or
+    decided ones, which it re-writes with their argmax), here only the masks; backtracking stops
+    after ``max_steps`` steps (Saber: 1024), as our loop stops remasking.
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    answer = torch.zeros_like(x, dtype=torch.bool)
+    answer[:, p:] = True
+    committed_with = torch.full(x.shape, NEG_INF, dtype=torch.float32)
+    last = torch.zeros(x.shape, dtype=torch.float32)
+    nfe = 0
+    while True:
+        logits = fn(x)
+        nfe += 1
+        x0 = logits.argmax(-1)
+        prob = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+        conf = torch.where(answer, prob, NEG_INF)
+        delta = conf - last
+        delta = torch.where(torch.isfinite(delta), delta, float("inf"))
+        last = conf
+        masked = x == mask_id
+        conf = torch.where(masked, conf, NEG_INF)
+        seen = committed_with[0][committed_with[0] > NEG_INF]
+        threshold = seen.mean() if seen.numel() else 1
+        chosen = torch.where(conf[0] > threshold)[0]
+        if chosen.numel() < n:
+            chosen = torch.topk(conf[0], k=min(n, int(masked.sum()))).indices
+        made = max(n, chosen.numel())
+        x[0, chosen] = x0[0, chosen]
+        committed_with[0, chosen] = prob[0, chosen]
+        if not bool((x == mask_id).any()):
+            return x, nfe
+        drop = torch.where(answer & (x != mask_id), delta, float("inf"))
+        quota = min(max(n // 2, (made + 7) // 8), made - 1)
+        if quota > 0 and nfe < max_steps:
+            reopen = torch.topk(-drop[0], k=quota).indices
+            x[0, reopen] = mask_id
