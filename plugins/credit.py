@@ -13,17 +13,17 @@ updated in place (it is the component's own memory, never a hook input) as dInfe
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from dllm_decoding import Component, hookimpl
+from dllm_decoding import Component, FiniteFloat, OptionsModel, StrictInt, hookimpl
 
 
-class CreditOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    alpha: float = Field(0.7, ge=0.0, description="weight of log(1 + credit) added to the logits")
-    beta: float = Field(0.8, ge=0.0, le=1.0, description="per-step decay of accumulated credit")
-    gamma: float = Field(0.2, ge=0.0, description="exponent of the top-1 probability added as credit")
-    slots: int | None = Field(
+class CreditOptions(OptionsModel):
+    alpha: FiniteFloat = Field(0.7, ge=0.0, le=1000.0, description="weight of log(1 + credit) added to the logits "
+                               "(at most 1000: beyond, the fused logits overflow and credit alone decides)")
+    beta: FiniteFloat = Field(0.8, ge=0.0, le=1.0, description="per-step decay of accumulated credit")
+    gamma: FiniteFloat = Field(0.2, ge=0.0, description="exponent of the top-1 probability added as credit")
+    slots: StrictInt | None = Field(
         None, gt=0, description="None: a dense (B, L, V) credit table (dInfer); K: a sparse table of K "
                                 "(token, credit) slots per position (SGLang-style, O(B x L x K) memory), "
                                 "exact to the dense one while no position has more than K argmax tokens in "

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from dllm_decoding import Component, hookimpl
+from dllm_decoding import Component, FiniteFloat, OptionsModel, StrictInt, hookimpl
 
 
-class LowConfidenceRemaskOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.3, gt=0.0, lt=1.0, description="reopen a decided token whose probability fell below this")
-    max_per_step: int = Field(1, gt=0, description="reopen at most this many positions per row per step")
+class LowConfidenceRemaskOptions(OptionsModel):
+    threshold: FiniteFloat = Field(0.3, gt=0.0, lt=1.0, description="reopen a decided token whose probability fell below this")
+    max_per_step: StrictInt = Field(1, gt=0, description="reopen at most this many positions per row per step")
 
 
 class LowConfidenceRemask(Component):

@@ -7,22 +7,23 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from dllm_decoding import Component, Proposal, hookimpl
+from dllm_decoding import Component, OptionsModel, Proposal, hookimpl
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def propose_tokens(state, logits: torch.Tensor) -> torch.Tensor:
-    """``(B, L)``: greedy argmax at temperature 0; otherwise LLaDA's Gumbel-max sampling in
-    float64 (``exp(logits) / (-log u) ** temperature``), drawn from the rows' seeded generators
-    for the block only."""
+    """``(B, L)``: greedy argmax at temperature 0; otherwise LLaDA's Gumbel-max sampling
+    (``argmax exp(logits) / (-log u) ** temperature``) in float64 and in log space,
+    ``argmax logits - temperature * log(-log u)``: the same order, without the overflow of
+    ``exp`` and of the power at large logits or temperatures. Drawn from the rows' seeded
+    generators for the block only."""
     if state.temperature == 0:
         return logits.argmax(dim=-1)
     uniform = state.uniform(*logits.shape[1:])
-    noisy = logits.to(torch.float64).exp() / (-torch.log(uniform)) ** state.temperature
-    return noisy.argmax(dim=-1)
+    return (logits.to(torch.float64) - state.temperature * torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 
 def in_precision(logits: torch.Tensor, precision: str) -> torch.Tensor:
@@ -37,8 +38,7 @@ def negative_entropy(logits: torch.Tensor, precision: str) -> torch.Tensor:
     return (logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
 
 
-class PrecisionOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PrecisionOptions(OptionsModel):
     precision: Literal["float32", "float64"] = "float64"
 
 

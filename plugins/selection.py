@@ -8,9 +8,9 @@ guarantee (at least one commit per active row), so selectors need not.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from dllm_decoding import Component, hookimpl
+from dllm_decoding import Component, FiniteFloat, OptionsModel, StrictInt, hookimpl
 from dllm_decoding.plugins.scoring import negative_entropy
 
 NEG_INF = float("-inf")
@@ -66,9 +66,8 @@ def _top_k(ranked: torch.Tensor, k: int | torch.Tensor) -> tuple[torch.Tensor, t
     return index, (torch.arange(k_max, device=ranked.device)[None, :] < k[:, None]) & (values > NEG_INF)
 
 
-class TopKOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int | None = Field(None, gt=0, description="fixed tokens per step; default: LLaDA's schedule from `steps`")
+class TopKOptions(OptionsModel):
+    k: StrictInt | None = Field(None, gt=0, description="fixed tokens per step; default: LLaDA's schedule from `steps`")
 
 
 class TopK(Component):
@@ -107,12 +106,13 @@ class TopK(Component):
         return top_k_mask(state, masked_confidence(state, proposal), k)
 
 
-class ThresholdOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold: float = Field(0.9, gt=0.0, le=1.0, description="commit every open position with confidence >= this")
-    near_max: float | None = Field(
+class ThresholdOptions(OptionsModel):
+    threshold: FiniteFloat = Field(0.9, gt=0.0, le=1.0, description="commit every open position with confidence >= this")
+    near_max: FiniteFloat | None = Field(
         None, ge=0.0, description="dInfer's rule: also commit positions within this of the row's best "
-                                  "(dInfer uses 1e-5); None: exactly one best position (Fast-dLLM)")
+                                  "(dInfer uses 1e-5; on a flat distribution every position is within it of a "
+                                  "tiny best, so a whole block can commit in one forward, as dInfer does); "
+                                  "none: exactly one best position (Fast-dLLM)")
 
 
 class Threshold(Component):
@@ -135,9 +135,8 @@ class Threshold(Component):
         return above | (confidence >= best - self.options.near_max)
 
 
-class FactorOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    factor: float = Field(1.0, gt=0.0, description="n-th most confident token needs confidence >= 1 - factor/(n+1)")
+class FactorOptions(OptionsModel):
+    factor: FiniteFloat = Field(1.0, gt=0.0, description="n-th most confident token needs confidence >= 1 - factor/(n+1)")
 
 
 class Factor(Component):
@@ -164,9 +163,8 @@ class Factor(Component):
         return top_k_mask(state, confidence, count)
 
 
-class EntropyBoundOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    gamma: float = Field(0.1, ge=0.0, description="bound on summed entropy minus the largest, in nats")
+class EntropyBoundOptions(OptionsModel):
+    gamma: FiniteFloat = Field(0.1, ge=0.0, description="bound on summed entropy minus the largest, in nats")
 
 
 class EntropyBound(Component):
@@ -189,10 +187,9 @@ class EntropyBound(Component):
         return torch.zeros_like(keep).scatter(1, index, keep)
 
 
-class HierarchyOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    threshold: float | None = Field(0.9, gt=0.0, le=1.0, description="also commit every open position with confidence > this (None: off)")
-    low_threshold: float | None = Field(0.3, ge=0.0, le=1.0, description="a run's most confident position commits only when its confidence > this (None: always)")
+class HierarchyOptions(OptionsModel):
+    threshold: FiniteFloat | None = Field(0.9, gt=0.0, le=1.0, description="also commit every open position with confidence > this (None: off)")
+    low_threshold: FiniteFloat | None = Field(0.3, ge=0.0, le=1.0, description="a run's most confident position commits only when its confidence > this (None: always)")
 
 
 class Hierarchy(Component):

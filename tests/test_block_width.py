@@ -246,3 +246,30 @@ def test_threads_decode_as_one_thread():
         t.join()
     assert not errors
     assert all(torch.equal(results[i], expected[i]) for i in range(8))
+
+
+@pytest.mark.parametrize("prompt, mask, message", [
+    ([[1.0, 2.0, 3.0]], None, "must hold integer token ids, got dtype torch.float32"),
+    ([[True, False]], None, "must hold integer token ids"),
+    ([[1, 2, 3]], "abc", "attention_mask: expected a 0/1 tensor"),
+    ([[1, 2, 3]], [[0.0, 1.0, 1.0]], "attention_mask must hold integers"),
+])
+def test_prompts_and_masks_of_the_wrong_kind_are_input_errors(prompt, mask, message):
+    with pytest.raises(dd.InputError, match=message):
+        dd.generate(ContextModel(9), prompt, "fast_dllm_threshold", attention_mask=mask, gen_length=4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"temperature": 1e308}, "temperature"), ({"fuse.credit.alpha": 1e308}, "alpha"),
+    ({"select.k": 4.0}, "select.k"), ({"select.threshold": True}, "not a boolean"),
+])
+def test_option_values_that_break_the_arithmetic_are_refused(overrides, message):
+    preset = "llada_low_confidence" if "select.k" in overrides else "credit_decoding"
+    with pytest.raises(dd.ConfigError, match=message):
+        dd.generate(ContextModel(9), [[1, 2, 3]], preset, gen_length=4, overrides=overrides)
+
+
+def test_large_temperatures_sample_without_overflow():
+    out = dd.generate(ContextModel(9, scale=50.0), [[1, 2, 3]], "fast_dllm_threshold", gen_length=8,
+                      temperature=1000.0, seed=3)
+    assert not bool((out.answers == 8).any())

@@ -30,8 +30,8 @@ PROMPT = torch.tensor([[1, 2, 3]])
     ({"gen_length": "8"}, "gen_length: Input should be a valid integer"),
     ({"steps": True}, "steps: Input should be a valid integer, not a boolean"),
     ({"temperature": True}, "temperature: Input should be a valid number, not a boolean"),
-    ({"temperature": float("inf")}, "temperature: Input should be a finite number"),
-    ({"temperature": float("nan")}, "temperature: Input should be greater than or equal to 0 (got nan)"),
+    ({"temperature": float("inf")}, "temperature: Input should be less than or equal to 1000 (got inf)"),
+    ({"temperature": float("nan")}, "temperature: Input should be less than or equal to 1000 (got nan)"),
     ({"gen_length": 10**12}, f"gen_length: more than any machine decodes, at most {MAX_LENGTH} (one forward's "
                              f"logits would need 3.6 TiB per row and vocabulary entry)"),
     ({"steps": 10**12}, f"steps: more than any machine decodes, at most {MAX_LENGTH}"),

@@ -92,7 +92,8 @@ class Strategy(BaseModel):
     gen_length: StrictInt = Field(64, gt=0, description="answer positions to generate")
     block_length: StrictInt | None = Field(None, gt=0, description="semi-AR block size; default: gen_length")
     steps: StrictInt | None = Field(None, gt=0, description="schedule steps over all blocks; default: gen_length")
-    temperature: FiniteFloat = Field(0.0, ge=0.0, description="0 = greedy argmax")
+    temperature: FiniteFloat = Field(0.0, ge=0.0, le=1000.0, description="0 = greedy argmax (at most 1000: "
+                                     "sampling is already uniform long before)")
     max_steps_per_block: StrictInt | None = Field(
         None, gt=0, description="remasking strategies: steps per block after which remask stops")
 

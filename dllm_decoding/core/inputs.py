@@ -15,7 +15,7 @@ def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
     valid id for the model, while the output keeps the caller's padding ids."""
     if isinstance(prompt_ids, (list, tuple)):
         try:
-            prompt_ids = torch.tensor(prompt_ids, dtype=torch.long, device="cpu")  # a list: decode on the CPU
+            prompt_ids = torch.tensor(prompt_ids, device="cpu")  # a list: decode on the CPU; dtype checked below
         except (TypeError, ValueError) as exc:
             raise InputError(f"prompt_ids: cannot make a tensor from the given list ({exc}); "
                              f"pass a LongTensor (batch, prompt_length), left-padded") from None
@@ -26,7 +26,7 @@ def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
         prompt_ids = prompt_ids[None]
     if prompt_ids.dim() != 2:
         raise InputError(f"prompt_ids must have shape (batch, prompt_length), got {tuple(prompt_ids.shape)}")
-    if prompt_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+    if prompt_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or prompt_ids.dtype == torch.bool:
         raise InputError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
     prompt_ids = prompt_ids.to(torch.long)
     if prompt_ids.shape[0] == 0:
@@ -62,12 +62,20 @@ def check_prompt(prompt_ids: Any, attention_mask: Any, mask_id: int | None,
 def _check_attention_mask(attention_mask: Any, prompt_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The mask as a long tensor on the prompt's device, and whether it pads anything."""
     shape = tuple(prompt_ids.shape)
-    attention_mask = torch.as_tensor(attention_mask, device=prompt_ids.device)
+    try:
+        attention_mask = torch.as_tensor(attention_mask, device=prompt_ids.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"attention_mask: expected a 0/1 tensor of the prompt's shape {shape}, got "
+                         f"{type(attention_mask).__name__} {attention_mask!r:.60} ({exc})") from None
     if attention_mask.dim() == 1:
         attention_mask = attention_mask[None]
     if tuple(attention_mask.shape) != shape:
         raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected the "
                          f"prompt's shape {shape}")
+    if attention_mask.dtype == torch.bool:
+        attention_mask = attention_mask.long()
+    if attention_mask.is_floating_point() or attention_mask.is_complex():
+        raise InputError(f"attention_mask must hold integers 0 (padding) and 1 (token), got dtype {attention_mask.dtype}")
     if bool((attention_mask == 1).all()):  # no padding, the common case: one check
         return attention_mask.to(torch.long), False
     binary = (attention_mask == 0) | (attention_mask == 1)
