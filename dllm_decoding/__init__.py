@@ -15,12 +15,13 @@ from .core.config import Strategy, list_strategies, load_strategy
 from .core.loop import generate
 from .core.trace import Trace, TraceRecorder
 from .models import CallableModel, HFMaskedDiffusionModel, as_model, load_model  # registers the model adapters
+from .text import TextOutput, generate_text
 
 __all__ = [
     "CallableModel", "Component", "ConfigError", "DecodeSession", "DecodeState", "DecodingError",
     "Denoiser", "FiniteFloat", "GenerateOutput", "HFMaskedDiffusionModel", "InputError", "ModelError",
-    "NoOptions", "OptionsModel", "PluginError", "PluginWarning", "Proposal", "StepRecord", "Strategy", "StrictInt", "Trace",
-    "TraceRecorder", "as_model", "generate", "get_registry", "hookimpl", "hookspec", "list_strategies",
+    "NoOptions", "OptionsModel", "PluginError", "PluginWarning", "Proposal", "StepRecord", "Strategy", "StrictInt", "TextOutput",
+    "Trace", "TraceRecorder", "as_model", "generate", "generate_text", "get_registry", "hookimpl", "hookspec", "list_strategies",
     "load_model", "load_strategy", "make_plugin_manager", "reset_default_registry",
 ]
 __version__ = "0.1.0"

@@ -13,7 +13,8 @@ PLUGINS = Path(__file__).parent.parent / "plugins"
 LAYERS = [
     ("core", ["dllm_decoding.core"]),
     ("models", ["dllm_decoding.models"]),
-    ("public API", ["dllm_decoding"]),  # the package's __init__: re-exports core and models
+    # the package's __init__ (re-exports core and models) and text.py (generate_text: core + a tokenizer)
+    ("public API", ["dllm_decoding", "dllm_decoding.text"]),
     ("plugins, toys, tasks", ["dllm_decoding.plugins", "dllm_decoding.strategies", "dllm_decoding.testing",
                               "dllm_decoding.tasks", "dllm_decoding.streaming"]),
     ("reference model", ["dllm_decoding.reference"]),

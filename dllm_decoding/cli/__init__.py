@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ..core.errors import DecodingError, PluginWarning
 from . import bench, evaluate, generate, lm_eval, strategies, train
-from .common import add_model_arguments, add_overrides
+from .common import add_model_arguments, add_overrides, add_threads_argument, apply_threads
 
 DESCRIPTION = """\
 Decode diffusion language models with composable strategies.
@@ -53,12 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="credit_decoding", help="preset name or .toml path")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", help="decode test examples of this task (reference model)")
-    src.add_argument("--prompt", help="a text prompt (models with a tokenizer)")
+    src.add_argument("--prompt", action="append", metavar="TEXT",
+                     help="a text prompt (models with a tokenizer); repeat it for a batch (left-padded)")
+    src.add_argument("--prompts-file", metavar="FILE.jsonl",
+                     help='prompts as one batch, one JSON object per line: {"prompt": TEXT} or '
+                          '{"messages": [{"role": "user", "content": TEXT}, ...]}')
     src.add_argument("--prompt-ids", help="comma-separated token ids, e.g. 1,2,3")
     p.add_argument("--n", type=int, default=4, help="examples with --task (default 4)")
     p.add_argument("--gen-length", type=int, help="answer length (default: the task's, or the strategy's)")
     p.add_argument("--block-length", type=int, help="semi-autoregressive block length")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="format text prompts with the tokenizer's chat template (a user turn, then the assistant's "
+                        "generation prompt), as Instruct checkpoints expect (default: when the tokenizer has one)")
+    p.add_argument("--eos-stop", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop a row once a finished block holds its EOS token and fill the rest with EOS (default: "
+                        "on for checkpoints that name their EOS ids, e.g. LLaDA and Dream; off for the reference "
+                        "and toy models)")
     add_overrides(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--stream", action="store_true",
@@ -100,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("train-reference", "lm-eval"):  # --debug after the command too; SUPPRESS keeps the top-level value
             subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                    help="on an error, print the full traceback, not one line")
+            add_threads_argument(subparser)  # train-reference and lm-eval take theirs among their own
     return parser
 
 
@@ -134,7 +146,13 @@ _python_show_warning = warnings.showwarning
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     debug = getattr(args, "debug", False)
+    threads_before = None
     try:
+        if getattr(args, "threads", None) is not None:  # before any torch work
+            import torch
+
+            threads_before = torch.get_num_threads()
+            apply_threads(args.threads)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
@@ -148,4 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if threads_before is not None:  # main() called in-process (tests, notebooks) leaves torch as it was
+            import torch
+
+            torch.set_num_threads(threads_before)
 

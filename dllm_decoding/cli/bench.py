@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 
 from ..core.errors import ConfigError
 from ..evaluation.bench import (PARTIAL_NAME, QUICK_TASKS, SWEEPS, make_plots, parse_settings, run, validate,
@@ -28,7 +27,7 @@ from ..evaluation.report import markdown, overhead_table, write_report
 from ..evaluation.scaling import plot_scaling, run_scaling, scaling_markdown
 from ..tasks import TASKS
 from .common import (add_blocks_argument, add_model_arguments, check_batch_size, check_example_count,
-                     check_writable_dir, check_writable_file, model_from_args, model_options)
+                     check_writable_dir, check_writable_file, model_from_args, model_options, placement_record)
 
 
 @contextlib.contextmanager
@@ -105,7 +104,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.report:
         check_writable_file(args.report, "--report")
     model, tokenizer = model_from_args(args, decodes_tasks="bench")
-    meta = {"model": args.model, "quick": args.quick, "threads": torch.get_num_threads(), "blocks": args.blocks,
+    meta = {"model": args.model, "quick": args.quick, **placement_record(model, args), "blocks": args.blocks,
             **model_options(args)}
     start = time.time()
     payload = None

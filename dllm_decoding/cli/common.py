@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
 from ..evaluation.loading import check_checkpoint_dir, is_reference_checkpoint, load_model
 from ..models import KV_CACHE_MODES
+from ..models.placement import DEVICE_CHOICES, DTYPE_CHOICES, model_device, model_weight, resolve_device
 from ..tasks import MAX_EXAMPLES
 
 
@@ -66,6 +69,54 @@ def _probe(folder: Path, flag: str, shown: str) -> None:
         raise ConfigError(f"{flag} {shown!r}: cannot write there: {exc.strerror or exc}") from None
 
 
+def threads_value(value: str) -> str:
+    """``--threads`` as argparse takes it: a positive integer or 'auto'."""
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
+    return value
+
+
+def add_threads_argument(p: argparse.ArgumentParser, *, default: str = "auto", help: str | None = None) -> None:
+    """``--threads N|auto``, the same on every command (train-reference re-checks 'auto' as it trains)."""
+    p.add_argument("--threads", default=default, type=threads_value, metavar="N|auto",
+                   help=help or "torch threads (default auto: the CPU cores no other process is busy on, at "
+                                  "least 1; torch's own default, every core, thrashes when the machine is shared)")
+
+
+def auto_threads(sample_seconds: float = 0.1) -> int:
+    """The cores left by other processes, measured over ``sample_seconds`` from /proc/stat (machine
+    busy time minus ours), rounded, at least 1: on two cores with another busy process, 1, else 2
+    (the rule of train-reference's ``ThreadGovernor``). Every usable core where /proc/stat is absent."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    first = _busy_sample()
+    time.sleep(sample_seconds)
+    last = _busy_sample()
+    if first is None or last is None or last[0] <= first[0]:
+        return cores
+    others = ((last[1] - first[1]) - (last[2] - first[2])) / (last[0] - first[0])  # cores used by others
+    return max(1, min(cores, round(cores - others)))
+
+
+def _busy_sample() -> tuple[float, float, float] | None:
+    """(wall time, machine busy CPU seconds, our CPU seconds), or None without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time(), busy, time.process_time()
+
+
+def apply_threads(value: str) -> int:
+    """Set torch's thread count from ``--threads`` (before any torch work); returns it."""
+    import torch
+
+    threads = auto_threads() if value == "auto" else int(value)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a strategy option with a dotted key, e.g. select.threshold=0.8 "
@@ -98,6 +149,12 @@ def add_model_arguments(p: argparse.ArgumentParser, *, toy: bool = False) -> Non
                    help="a checkpoint whose logits[:, i] predict token i + 1 (Dream)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let a checkpoint that ships its own modeling code (LLaDA, Dream) run it")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help=f"where the model runs ({DEVICE_CHOICES}; default auto: the GPU when there is one, "
+                        f"else the CPU); prompts are put there too")
+    p.add_argument("--dtype", default="auto", metavar="|".join(DTYPE_CHOICES.split(", ")),
+                   help="the model's dtype (default auto: bfloat16 on a GPU that supports it, else float32); "
+                        "the model is cast once, at load")
     p.add_argument("--kv-cache", choices=KV_CACHE_MODES, default=None,
                    help="Fast-dLLM's key-value cache: each block's first step runs the whole sequence, later "
                         "steps compute only the block ('dual') or the block and what follows ('prefix') "
@@ -139,6 +196,45 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, **foreign}
 
 
+def check_chat_template_before_loading(model: str) -> None:
+    """``--chat`` on a model whose tokenizer has no chat template, refused before any weight loads
+    (the template is in tokenizer_config.json or chat_template.jinja / .json)."""
+    if model == "toy":
+        raise ConfigError("--chat: the toy model has no tokenizer; give --prompt-ids, or a checkpoint whose "
+                          "tokenizer has a chat template")
+    if is_reference_checkpoint(model):
+        raise ConfigError(f"--chat: the reference model's tokenizer has no chat template; drop --chat (or use "
+                          f"--no-chat): its prompts are the task text as it is")
+    folder = Path(model)
+    if not folder.is_dir():
+        return  # the loader names what is wrong with the path
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    if not (isinstance(config, dict) and config.get("chat_template")):
+        raise ConfigError(f"--chat: the tokenizer of {model!r} has no chat template (none in "
+                          f"tokenizer_config.json, no chat_template.jinja); use --no-chat to encode the prompts "
+                          f"as they are, or an Instruct checkpoint's tokenizer")
+
+
+def decode_device(args: argparse.Namespace, model: Any) -> Any:
+    """Where the prompts go: the model's device (the toy model has no weights: --device's)."""
+    return model_device(model, default=resolve_device(args.device))
+
+
+def placement_record(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Device, dtype and torch threads of a run, for the JSON outputs."""
+    import torch
+
+    weights = model_weight(model)
+    return {"device": str(decode_device(args, model)),
+            "dtype": str(weights.dtype).removeprefix("torch.") if weights is not None else None,
+            "threads": torch.get_num_threads()}
+
+
 def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = None) -> tuple[Any, Any]:
     """The model the arguments ask for. ``decodes_tasks``: the command's name when it decodes
     task prompts, which need a tokenizer (so not the toy model)."""
@@ -152,4 +248,4 @@ def model_from_args(args: argparse.Namespace, *, decodes_tasks: str | None = Non
         raise ConfigError(f"{decodes_tasks} decodes the reference tasks, whose prompts are written for the "
                           f"reference model's tokenizer; {args.model!r} is another model. Decode your own "
                           f"prompts with `dllm-decode generate --model {args.model} --prompt ...` or dd.generate")
-    return load_model(args.model, **options)
+    return load_model(args.model, **options, device=args.device, dtype=args.dtype)

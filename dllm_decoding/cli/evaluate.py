@@ -14,7 +14,7 @@ from ..core.errors import ConfigError
 from ..evaluation.evaluate import block_length, evaluate
 from ..tasks import get_task
 from .common import (add_blocks_argument, add_model_arguments, check_batch_size, check_example_count,
-                     check_writable_file, model_from_args, model_options)
+                     check_writable_file, model_from_args, model_options, placement_record)
 
 
 def configure_eval_parser(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate(model, tokenizer, args.strategy, task, args.n, split=args.split,
                           batch_size=args.batch_size, overrides=overrides, seed=args.seed,
                           keep_predictions=args.predictions, blocks=args.blocks)
-    result.update(model=args.model, **model_options(args))
+    result.update(model=args.model, **model_options(args), **placement_record(model, args))
     if not args.predictions:
         result.pop("nfe")
     text = json.dumps(result, indent=2)

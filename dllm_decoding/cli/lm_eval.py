@@ -16,7 +16,8 @@ usage: dllm-decode lm-eval --model_args KEY=VALUE,... --tasks TASK[,TASK...] [lm
 Runs lm-evaluation-harness's `lm-eval run` with --model dllm (registered first: lm-eval scans no
 entry points) and our reference tasks included (dllm_copy, ..., dllm_latin_square, tag
 dllm_reference, dllm_copy_choice). Every other option goes to lm-eval unchanged (--limit,
---num_fewshot, --output_path, --log_samples, --gen_kwargs, --apply_chat_template, ...). model_args
+--num_fewshot, --output_path, --log_samples, --gen_kwargs, --apply_chat_template, ...); --threads N|auto
+is ours (torch threads, default auto: the cores no other process is busy on). model_args
 and the tasks are checked before any model loads. Results JSON: config.dllm.tasks holds each
 task's NFE, tokens per forward, tokens/s and resolved strategy. Data parallel: torchrun
 --nproc-per-node N -m dllm_decoding.cli lm-eval ... (or accelerate launch).
@@ -100,7 +101,7 @@ def check_command(argv: Sequence[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         return
     saved = sys.argv
-    sys.argv = ["lm-eval", "run", "--model", "dllm", *_without(argv, "--model")]
+    sys.argv = ["lm-eval", "run", "--model", "dllm", *_without(_without(argv, "--model"), "--threads")]
     try:
         HarnessCLI().parse_args()
     except SystemExit:
@@ -116,7 +117,16 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         _print_usage()
         return 0
-    run_argv, include = prepare(argv)
+    threads = _option(argv, "--threads") or "auto"  # ours, as on every command; not lm-eval's
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise ConfigError(f"--threads {threads!r}: give a positive integer or 'auto'")
+    run_argv, include = prepare(_without(argv, "--threads"))
+    import torch
+
+    from .common import apply_threads
+
+    threads_before = torch.get_num_threads()
+    apply_threads(threads)
     import dllm_decoding.evaluation.lm_eval.model  # noqa: F401  (registers --model dllm)
     from lm_eval._cli import HarnessCLI
 
@@ -128,7 +138,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     finally:
         sys.argv = saved
     namespace.include_path = include
-    harness.execute(namespace)
+    try:
+        harness.execute(namespace)
+    finally:  # an in-process call leaves torch's thread count as it was
+        torch.set_num_threads(threads_before)
     return 0
 
 

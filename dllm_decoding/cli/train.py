@@ -11,6 +11,7 @@ from pathlib import Path
 from ..core.errors import ConfigError
 from ..reference import train as trainer
 from ..tasks import TASKS
+from .common import add_threads_argument
 
 
 def _mix_entry(value: str) -> tuple[str, float]:
@@ -24,12 +25,6 @@ def _mix_entry(value: str) -> tuple[str, float]:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value!r}: weight must be > 0")
     return name, number
-
-
-def _threads(value: str) -> str:
-    if value != "auto" and not (value.isdigit() and int(value) >= 1):
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}")
-    return value
 
 
 def build_parser(prog: str = "dllm-decode train-reference") -> argparse.ArgumentParser:
@@ -53,9 +48,9 @@ def build_parser(prog: str = "dllm-decode train-reference") -> argparse.Argument
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--ff", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", default="1", type=_threads,
-                   help="torch threads, or 'auto': 2 while no other process is busy, else 1 (re-checked "
-                        "at every validation pass; results then match a fixed-thread run only up to float noise)")
+    add_threads_argument(p, default="1",
+                         help="torch threads, or 'auto': 2 while no other process is busy, else 1 (re-checked "
+                              "at every validation pass; results then match a fixed-thread run only up to float noise)")
     p.add_argument("--init-from", metavar="DIR", help="start from this checkpoint's weights (a continuation run)")
     p.add_argument("--mix", type=_mix_entry, action="append", default=[], metavar="TASK=WEIGHT",
                    help="override a task's base share, e.g. insert=3 (repeatable)")

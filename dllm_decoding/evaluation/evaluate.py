@@ -20,6 +20,7 @@ from ..core.config import load_strategy
 from ..core.errors import ConfigError
 from ..core.loop import generate
 from ..tasks import Task, decode_answer, encode_batch, get_task
+from ..models.placement import model_device
 from .memory import MemoryWatch
 
 
@@ -36,12 +37,14 @@ def evaluate(model: Any, tokenizer: Any, strategy: Any, task: Task | str, n: int
     load_strategy(strategy, overrides)  # fail before any work
     examples = task.examples(split, n, seed=seed)
     memory = MemoryWatch()
+    device = model_device(model)
     correct, nfe, predictions, traces = [], [], [], []
     seconds = 0.0
     calls = 0
     for start in range(0, n, batch_size):
         batch = examples[start:start + batch_size]
         prompt, mask = encode_batch(tokenizer, batch, task)
+        prompt, mask = prompt.to(device), mask.to(device)  # the model's device (--device)
         t0 = time.perf_counter()
         out = generate(model, prompt, strategy, attention_mask=mask, overrides=overrides,
                        seed=seed + start, trace=trace)

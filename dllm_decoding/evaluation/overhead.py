@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..core.loop import generate
+from ..models.placement import model_device
 from ..tasks import encode_batch, get_task
 
 
@@ -20,10 +21,10 @@ def bare_low_confidence_loop(model: Any, prompt: torch.Tensor, attention_mask: t
     forwards on both sides, and the model gets an attention mask only when there is padding, as
     the framework does, so the comparison is the same forwards and the same arithmetic."""
     b, p = prompt.shape
-    x = torch.cat([prompt, torch.full((b, gen_length), mask_id)], dim=1)
-    am = torch.cat([attention_mask, torch.ones(b, gen_length, dtype=torch.long)], dim=1)
+    x = torch.cat([prompt, torch.full((b, gen_length), mask_id, device=prompt.device)], dim=1)
+    am = torch.cat([attention_mask, torch.ones(b, gen_length, dtype=torch.long, device=prompt.device)], dim=1)
     am = am if bool((am == 0).any()) else None
-    rows = torch.arange(b)
+    rows = torch.arange(b, device=prompt.device)
     for _ in range(gen_length):
         logits = model(input_ids=x, attention_mask=am).logits
         x0 = logits.argmax(-1)
@@ -64,6 +65,7 @@ def overhead(model: Any, tokenizer: Any, task: str = "latin_square", n: int = 64
     prompt, mask = encode_batch(tokenizer, t.examples("test", n), t)
     if batch_size:
         prompt, mask = prompt[:batch_size], mask[:batch_size]
+    prompt, mask = prompt.to(model_device(model)), mask.to(model_device(model))
     clock = _ForwardClock(model)
     kwargs = dict(attention_mask=mask, gen_length=t.gen_length, block_length=t.gen_length)
     mask_id = model.config.mask_token_id

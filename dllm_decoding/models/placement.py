@@ -89,17 +89,23 @@ def _check_runs(dtype: torch.dtype, device: torch.device) -> None:
         raise ConfigError(f"--dtype {name}: {device} cannot run it ({first}); use --dtype float32") from None
 
 
-def model_device(model: Any, default: Any = "cpu") -> torch.device:
-    """The device ``model``'s weights are on (through adapters that wrap a ``.model`` or an
-    ``.inner``); ``default`` for a model without weights (a function, the toy model)."""
+def model_weight(model: Any) -> torch.Tensor | None:
+    """The first weight of ``model``, looked up through adapters that wrap a ``.model`` or an
+    ``.inner``; None for a model without weights (a function, the toy model)."""
     seen = set()
     while model is not None and id(model) not in seen:
         seen.add(id(model))
         parameters = getattr(model, "parameters", None)
         if callable(parameters):
             try:
-                return next(iter(parameters())).device
+                return next(iter(parameters()))
             except (StopIteration, TypeError):
                 pass
         model = getattr(model, "model", None) or getattr(model, "inner", None)
-    return torch.device(default)
+    return None
+
+
+def model_device(model: Any, default: Any = "cpu") -> torch.device:
+    """The device ``model``'s weights are on; ``default`` for a model without weights."""
+    weight = model_weight(model)
+    return torch.device(default) if weight is None else weight.device
