@@ -150,7 +150,7 @@ def run_scaling_bench(args: argparse.Namespace, out_dir: Path) -> int:
     if args.vocab < 2 or any(b < 1 for b in args.batches):
         raise ConfigError("--vocab must be >= 2 and every --batches value >= 1")
     check_writable_dir(out_dir, "--out")
-    dinfer = [{"gen_length": g, "dtype": d, "repeats": 3} for d in args.dtypes for g in args.dinfer_lengths]
+    dinfer = [{"gen_length": g, "dtype": d, "repeats": 7} for d in args.dtypes for g in args.dinfer_lengths]
     with sigterm_as_interrupt():
         payload = run_scaling(strategies, args.lengths, args.batches, args.dtypes, args.vocab, dinfer)
     (out_dir / "scaling.json").write_text(json.dumps(payload, indent=1))

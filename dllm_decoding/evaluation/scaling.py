@@ -18,7 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.components import Component as dd_Component
 from ..core.denoiser import DecodeSession, Denoiser
+from ..core.hookspecs import hookimpl
 from ..core.loop import generate
 from .memory import MemoryWatch
 
@@ -53,8 +55,10 @@ class _SyntheticSession(DecodeSession):
         logits.scatter_add_(-1, den.target[:width].to(canvas.device)[None, :, None].expand(canvas.shape[0], width, 1),
                             boost[..., None].to(logits.dtype))
         logits[..., den.mask_id] = float("-inf")
-        self.seconds += time.perf_counter() - began
-        den.forward_seconds += time.perf_counter() - began
+        spent = time.perf_counter() - began
+        self.seconds += spent
+        den.forward_seconds += spent
+        den.forward_log.append(spent)
         return logits
 
 
@@ -73,6 +77,7 @@ class SyntheticModel(Denoiser):
         self.rate = 0.5 + torch.rand(block_length, generator=gen)
         self.growth = growth
         self.forward_seconds = 0.0
+        self.forward_log: list[float] = []  # seconds of each forward, for per-step medians
 
     def start_session(self, attention_mask: torch.Tensor) -> DecodeSession:
         return _SyntheticSession(self, attention_mask)
@@ -114,6 +119,30 @@ def dinfer_credit_loop(model: SyntheticModel, prompt: torch.Tensor, *, gen_lengt
     return x, forwards
 
 
+class StepClock(dd_Component):
+    """Observer stamping the end of every step: with the model's per-forward times, each step's
+    time outside the forward, whose median is robust to a busy machine's stalls."""
+
+    name = "step_clock"
+    hook_point = "observer"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: list[float] = []
+
+    @hookimpl
+    def on_decode_start(self, state):
+        self.stamps = [time.perf_counter()]
+
+    @hookimpl
+    def on_step_end(self, state, record):
+        self.stamps.append(time.perf_counter())
+
+    def outside_forward(self, forwards: list[float]) -> list[float]:
+        intervals = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+        return [i - f for i, f in zip(intervals, forwards)]
+
+
 @dataclass(frozen=True)
 class Case:
     strategy: str
@@ -132,10 +161,11 @@ def measure(case: Case, vocab: int, block_length: int = 32, tokens_per_step: int
     model = SyntheticModel(vocab, block_length=block_length, dtype=DTYPES[case.dtype])
     prompt = _prompt(case.batch, vocab)
     overrides = {"steps": case.gen_length // tokens_per_step}  # the fixed schedules (top-k)
+    clock = StepClock()
     memory = MemoryWatch()
     began = time.perf_counter()
     out = generate(model, prompt, case.strategy, gen_length=case.gen_length, block_length=block_length,
-                   overrides=overrides)
+                   overrides=overrides, observers=[clock])
     total = time.perf_counter() - began
     peak = memory.finish()
     steps = out.stats["forward_calls"]
@@ -143,7 +173,9 @@ def measure(case: Case, vocab: int, block_length: int = 32, tokens_per_step: int
     loop = total - model.forward_seconds
     return {**case.__dict__, "vocab": vocab, "block_length": block_length, "steps": steps,
             "total_s": total, "forward_s": model.forward_seconds, "loop_s": loop,
-            "loop_ms_per_step": 1000 * loop / steps, "nfe_mean": float(out.nfe.double().mean()),
+            "loop_ms_per_step": 1000 * loop / steps,
+            "loop_ms_per_step_median": 1000 * statistics.median(clock.outside_forward(model.forward_log)),
+            "nfe_mean": float(out.nfe.double().mean()),
             "model_output_mb": output_mb, "peak_above_start_mb": peak["decode_peak_mb"],
             # resident-set noise can put a small decode below its own output: clamped at 0
             "peak_above_output_mb": None if peak["decode_peak_mb"] is None else max(0.0, peak["decode_peak_mb"] - output_mb),
@@ -224,11 +256,13 @@ def scaling_markdown(payload: dict[str, Any]) -> str:
     rule = "|---" * (len(lengths) + 4) + "|"
     lines = [f"Synthetic model: V = {meta['vocab']}, block {meta['block_length']}, block-only logits; torch "
              f"threads {meta['threads']}; fixed-schedule presets take {meta['tokens_per_step_for_fixed_schedules']} "
-             f"tokens per step.", "", "### Loop time per step, outside the forward (ms)", "", head, rule]
+             f"tokens per step.", "", "### Loop time per step, outside the forward (ms, median over the decode's steps)",
+             "", head, rule]
     for (strategy, batch, dtype), by_length in sorted(groups.items()):
-        cells = [f"{by_length[g]['loop_ms_per_step']:.2f}" if g in by_length else "-" for g in lengths]
+        key = "loop_ms_per_step_median"
+        cells = [f"{by_length[g][key]:.2f}" if g in by_length else "-" for g in lengths]
         ends = [by_length.get(lengths[0]), by_length.get(lengths[-1])]
-        ratio = f"{ends[1]['loop_ms_per_step'] / ends[0]['loop_ms_per_step']:.2f}x" if all(ends) else "-"
+        ratio = f"{ends[1][key] / ends[0][key]:.2f}x" if all(ends) else "-"
         lines.append(f"| `{strategy}` | {batch} | {dtype} | " + " | ".join(cells) + f" | {ratio} |")
     lines += ["", "### Total decode time (s)", "", head.replace(f" | {lengths[-1]} / {lengths[0]} |", " |"),
               "|---" * (len(lengths) + 3) + "|"]
@@ -266,11 +300,11 @@ def plot_scaling(payload: dict[str, Any], path: Any) -> Any:
         rows = sorted(rows, key=lambda r: r["gen_length"])
         label = f"{strategy} b{batch} {dtype}"
         style = "-" if dtype == "float32" else "--"
-        time_ax.plot([r["gen_length"] for r in rows], [r["loop_ms_per_step"] for r in rows], style, marker="o",
+        time_ax.plot([r["gen_length"] for r in rows], [r["loop_ms_per_step_median"] for r in rows], style, marker="o",
                      markersize=3, label=label)
         memory_ax.plot([r["gen_length"] for r in rows], [r["peak_above_output_mb"] or 0 for r in rows], style,
                        marker="o", markersize=3, label=label)
-    for ax, ylabel in ((time_ax, "loop time per step, outside the forward (ms)"),
+    for ax, ylabel in ((time_ax, "loop time per step, outside the forward (median, ms)"),
                        (memory_ax, "peak memory above the model output (MB)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("gen_length (tokens)")
