@@ -62,7 +62,7 @@ def test_prophet_equals_prophet(case, bounds, start, length, per_block):
     start = min(start, gen_length - 1)
     steps = min(per_block, block)
     early, mid, late = bounds
-    ours = dd.generate(model, prompt, "prophet", gen_length=gen_length, block_length=block, steps=steps,
+    ours = dd.generate(model, prompt, "prophet_early_commit", gen_length=gen_length, block_length=block, steps=steps,
                        overrides={"select.early": early, "select.mid": mid, "select.late": late,
                                   "select.answer_start": start, "select.answer_length": length})
     _same(ours, prophet_generate(_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
@@ -130,11 +130,11 @@ def test_saber_reopens_the_token_whose_confidence_fell_most():
 def test_prophet_commits_the_block_once_the_gap_clears():
     # confident (p = 0.99) everywhere: the logit gap log(0.99 / (0.01 / 3)) ~ 5.7 clears late = 2.5 at once
     model = ScriptedModel([1, 2, 3, 4], vocab_size=6, mask_id=5, confidence=[[0.99] * 4])
-    out = dd.generate(model, torch.tensor([[0, 1]]), "prophet", gen_length=4,
+    out = dd.generate(model, torch.tensor([[0, 1]]), "prophet_early_commit", gen_length=4,
                       overrides={"select.early": 5.0})
     assert out.nfe.tolist() == [1] and out.answers[0].tolist() == [1, 2, 3, 4]
     model = ScriptedModel([1, 2, 3, 4], vocab_size=6, mask_id=5, confidence=[[0.99] * 4])
-    out = dd.generate(model, torch.tensor([[0, 1]]), "prophet", gen_length=4)  # early = 7.5: not yet
+    out = dd.generate(model, torch.tensor([[0, 1]]), "prophet_early_commit", gen_length=4)  # early = 7.5: not yet
     assert out.nfe.tolist() == [2]  # forward 2 of 4: progress 0.5, the mid bound 5.0 is cleared
 
 
@@ -150,7 +150,7 @@ def test_remdm_remasks_at_the_schedules_rate():
     assert remdm_rates(ReMDMOptions(eta=0.5, schedule="rescale"), 3, 4)[1] < 1e-4
     # eta = 0: no remasking at all, every position commits once
     model = ContextModel(9, seed=3)
-    out = dd.generate(model, torch.tensor([[1, 2]]), "remdm", gen_length=8, trace=True, seed=1,
+    out = dd.generate(model, torch.tensor([[1, 2]]), "remdm_cap", gen_length=8, trace=True, seed=1,
                       overrides={"select.eta": 0.0, "remask.eta": 0.0})
     assert not bool(out.trace.reopened.any()) and int(out.nfe[0]) <= 9
 
@@ -160,7 +160,7 @@ class TestKlassConformance(StrategyConformance):
 
 
 class TestProphetConformance(StrategyConformance):
-    strategy = "prophet"
+    strategy = "prophet_early_commit"
 
 
 class TestDilatedUnmaskingConformance(StrategyConformance):
@@ -176,5 +176,5 @@ class TestSaberConformance(StrategyConformance):
 
 
 class TestReMDMConformance(StrategyConformance):
-    strategy = "remdm"
+    strategy = "remdm_cap"
     overrides = {"select.eta": 0.3, "remask.eta": 0.3}

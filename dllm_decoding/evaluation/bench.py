@@ -52,11 +52,11 @@ SWEEPS: dict[str, list[Setting]] = {
         *_sweep("dinfer_hierarchy", "select.low_threshold", [0.3, 0.5, 0.7]),
         *_sweep("klass", "select.threshold", [0.6, 0.9]),
         *_sweep("klass", "select.kl_threshold", [0.001, 0.1], **{"select.threshold": 0.9}),
-        *_sweep("prophet", "select.late", [1.0, 2.5]),
+        *_sweep("prophet_early_commit", "select.late", [1.0, 2.5]),
         *_sweep("dilated_unmasking", "select.base", [2.0, 4.0]),
         *_sweep("pc_sampler", "score.position_decay", [0.0, 0.25]),
         *[Setting("saber", {"select.n": n, "remask.n": n}) for n in (1, 2)],
-        *[Setting("remdm", {"select.eta": eta, "remask.eta": eta}) for eta in (0.02, 0.1)],
+        *[Setting("remdm_cap", {"select.eta": eta, "remask.eta": eta}) for eta in (0.02, 0.1)],
     ],
     "quick": [
         *_sweep("llada_low_confidence", "select.k", [1, 8]),
