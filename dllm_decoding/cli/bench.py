@@ -21,6 +21,7 @@ from pathlib import Path
 from ..core.errors import ConfigError
 from ..evaluation.bench import (PARTIAL_NAME, QUICK_TASKS, SWEEPS, make_plots, parse_settings, run, validate,
                                 write_partial, write_results)
+from ..evaluation.loading import compile_model
 from ..evaluation.metrics import claims
 from ..evaluation.overhead import measure_overhead
 from ..evaluation.report import markdown, overhead_table, write_report
@@ -59,6 +60,8 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="3 tasks, 6 settings, n=32: under 2 minutes")
     p.add_argument("--overhead", action="store_true", help="only measure framework vs bare-loop decode time")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots and trace figures")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's network first (inductor; the first decodes pay the compilation)")
     p.add_argument("--out", default="bench-results", help="output directory (bench.json, bench.md, PNGs)")
     scaling = p.add_argument_group("scaling (with --scaling: a synthetic model, no tasks)")
     scaling.add_argument("--scaling", action="store_true",
@@ -104,8 +107,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.report:
         check_writable_file(args.report, "--report")
     model, tokenizer = model_from_args(args, decodes_tasks="bench")
+    if args.compile:
+        model = compile_model(model)
     meta = {"model": args.model, "quick": args.quick, **placement_record(model, args), "blocks": args.blocks,
-            **model_options(args)}
+            "compiled": args.compile, **model_options(args)}
     start = time.time()
     payload = None
     with sigterm_as_interrupt():

@@ -113,3 +113,17 @@ def load_hf_checkpoint(path: str, *, trust_remote_code: bool = False) -> tuple[A
     except Exception:  # a checkpoint without tokenizer files decodes --prompt-ids only
         tokenizer = None
     return model.eval(), tokenizer
+
+
+def compile_model(model: Any, *, backend: str = "inductor") -> Any:
+    """The model with its network ``torch.compile``d (``bench --compile``): the adapter around it
+    (key-value cache, logit shift) stays as it is, so every strategy decodes it unchanged."""
+    import torch
+
+    if isinstance(model, HFMaskedDiffusionModel):
+        model.model = torch.compile(model.model, backend=backend, dynamic=True)
+        return model
+    if isinstance(model, torch.nn.Module):
+        return torch.compile(model, backend=backend, dynamic=True)
+    raise ConfigError(f"--compile: {type(model).__name__} is not a torch module (the toy model is a plain "
+                      f"function); use --model reference or a checkpoint")

@@ -138,12 +138,12 @@ class HFMaskedDiffusionModel(Denoiser):
                              f"shift_logits={family_shift}; drop the argument (--shift-logits) to use the family's")
         self.shift_logits = shift_logits
         self.name = getattr(config, "name_or_path", None) or type(model).__name__
-        self.takes_attention_mask = _takes_attention_mask(type(model))
+        self.takes_attention_mask = _takes_attention_mask(_module_class(model))
         if kv_cache is not None:
             if kv_cache not in KV_CACHE_MODES:
                 raise InputError(f"kv_cache={kv_cache!r} is not a cache mode; use one of "
                                  f"{', '.join(map(repr, KV_CACHE_MODES))} or None (no cache)")
-            missing = {"use_cache", "key_values", "window_start"} - _forward_parameters(type(model))
+            missing = {"use_cache", "key_values", "window_start"} - _forward_parameters(_module_class(model))
             if missing:
                 raise InputError(f"kv_cache={kv_cache!r}: {type(model).__name__}.forward does not take "
                                  f"{', '.join(sorted(missing))}; a cached decode needs a model that returns "
@@ -167,6 +167,12 @@ def _forward_parameters(model_class: type) -> frozenset[str]:
     """The parameter names of ``model_class.forward`` (inspect.signature is slow: asked once
     per class, not per generate call)."""
     return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def _module_class(model: torch.nn.Module) -> type:
+    """The class whose ``forward`` runs: a ``torch.compile``d module forwards ``*args, **kwargs``
+    to the original one, whose signature says what it takes."""
+    return type(getattr(model, "_orig_mod", model))
 
 
 def _takes_attention_mask(model_class: type) -> bool:
