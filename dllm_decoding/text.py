@@ -122,8 +122,8 @@ def generate_text(model: Any, tokenizer: Any, prompts: Prompt | Sequence[Prompt]
         list of either; each is one row.
     :param chat: apply the tokenizer's chat template; None (default) = when it has one.
     :param eos_id: early stop at this token id (``dd.generate``'s ``eos_id``); ``"auto"`` = the
-        model's first EOS id when ``dd.load_model`` set them (LLaDA, Dream: config.json's
-        eos_token_id), else off; None = off. Answers end at the first of all the model's EOS ids
+        model's EOS ids when ``dd.load_model`` set them (LLaDA, Dream: config.json's
+        eos_token_id and the family's end-of-turn ids), else off; None = off. Answers end at the first of all the model's EOS ids
         (and of ``eos_id``) either way.
     :param device: where the prompts go; default: the model's device.
     :param decode: ids -> text for the answers (default: up to the first EOS, special tokens dropped).
@@ -139,9 +139,10 @@ def generate_text(model: Any, tokenizer: Any, prompts: Prompt | Sequence[Prompt]
     if isinstance(eos_id, str):
         if eos_id != "auto":
             raise InputError(f"eos_id={eos_id!r}: give a token id, 'auto' or None")
-        eos_id = known[0] if known else None
+        eos_id = list(known) if known else None
     out = generate(model, ids, strategy, attention_mask=mask, eos_id=eos_id, **generate_kwargs)
-    ends = tuple(dict.fromkeys([*known, *([] if eos_id is None else [int(eos_id)])]))
+    given = [] if eos_id is None else list(eos_id) if isinstance(eos_id, (list, tuple)) else [eos_id]
+    ends = tuple(dict.fromkeys([*known, *(int(t) for t in given)]))
     answers = [decode(row.tolist()) if decode is not None else answer_text(tokenizer, row.tolist(), ends)
                for row in out.answers]
     return TextOutput(texts=answers, prompts=texts, output=out, eos_ids=ends)

@@ -33,7 +33,7 @@ def remdm_rates(options: ReMDMOptions, step: int, steps: int) -> tuple[float, fl
     at block step ``step`` of ``steps``; None past the grid (fill everything, remask nothing)."""
     if step >= steps:
         return None
-    grid = torch.linspace(1, options.eps, steps + 1)  # float32, as ReMDM's
+    grid = torch.linspace(1, options.eps, steps + 1, device="cpu")  # float32 scalars, as ReMDM's
     t = grid[step]
     s = t - (1 - options.eps) / steps
     alpha_t, alpha_s = float(1 - t), float(1 - s)

@@ -113,6 +113,8 @@ class ThresholdOptions(OptionsModel):
                                   "(dInfer uses 1e-5; on a flat distribution every position is within it of a "
                                   "tiny best, so a whole block can commit in one forward, as dInfer does); "
                                   "none: exactly one best position (Fast-dLLM)")
+    strict: bool = Field(False, description="commit confidence > threshold instead of >= (SGLang's "
+                                            "JointThreshold)")
 
 
 class Threshold(Component):
@@ -128,7 +130,7 @@ class Threshold(Component):
     @hookimpl
     def select(self, state, proposal):
         confidence = masked_confidence(state, proposal)
-        above = confidence >= self.options.threshold
+        above = confidence > self.options.threshold if self.options.strict else confidence >= self.options.threshold
         if self.options.near_max is None:
             return above | top_k_mask(state, confidence, 1)
         best = confidence.amax(dim=1, keepdim=True)

@@ -244,3 +244,51 @@ def dinfer_hierarchy_generate(fn, prompt, *, gen_length, block_length, mask_id, 
                 if masked[k]:
                     x[0, lo + k] = x0[k]
     return x, nfe
+
+
+def sglang_joint_threshold_generate(fn, prompt, *, gen_length, block_length, mask_id, threshold=0.5,
+                                    edit_threshold=0.0, max_post_edit_steps=16, penalty_lambda=0.0):
+    """SGLang ``dllm/algorithm/joint_threshold.py::JointThreshold.run``, one block after another
+    on the full canvas, one row, temperature 0.
+
+    Up to ``block_length + max_post_edit_steps`` forwards per block. Each forward: the block's
+    logits (the previous token's id penalised by ``penalty_lambda``), argmax ``x`` and its
+    softmax probability ``p``. While the block has masks, masked positions with ``p >
+    threshold`` take ``x`` (none: the most confident one, by ``torch.topk``); once it has none,
+    a post-edit counter grows and past ``max_post_edit_steps`` the block ends. Decided
+    positions (not given at block start) with ``p > edit_threshold`` and a token other than
+    ``x`` take ``x``. A forward that changes nothing ends the block. (SGLang's extra forward
+    after the block, which only persists the key-value cache, is not counted.)
+    """
+    assert prompt.shape[0] == 1
+    p_len = prompt.shape[1]
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    nfe = 0
+    for block in range(gen_length // block_length):
+        lo, hi = p_len + block * block_length, p_len + (block + 1) * block_length
+        given = x[0, lo:hi] != mask_id
+        post_edit = 0
+        for _ in range(block_length + max_post_edit_steps):
+            logits = fn(x)[0, lo:hi].clone()
+            nfe += 1
+            ids = x[0, lo:hi]
+            if penalty_lambda > 0:
+                logits[1:].scatter_(1, ids[:-1, None], -penalty_lambda, reduce="add")
+            tok = logits.argmax(-1)
+            prob = F.softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+            masked = ids == mask_id
+            transfer = torch.zeros_like(masked)
+            if masked.any():
+                conf = torch.where(masked, prob, torch.full_like(prob, NEG_INF))
+                transfer = conf > threshold
+                if not transfer.any():
+                    transfer[torch.topk(conf, k=1).indices] = True
+            else:
+                post_edit += 1
+                if post_edit > max_post_edit_steps:
+                    break
+            transfer = transfer | ((prob > edit_threshold) & (ids != tok) & ~masked & ~given)
+            if not transfer.any():
+                break
+            x[0, lo:hi] = torch.where(transfer, tok, ids)
+    return x, nfe

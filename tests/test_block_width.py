@@ -273,3 +273,19 @@ def test_large_temperatures_sample_without_overflow():
     out = dd.generate(ContextModel(9, scale=50.0), [[1, 2, 3]], "fast_dllm_threshold", gen_length=8,
                       temperature=1000.0, seed=3)
     assert not bool((out.answers == 8).any())
+
+
+def test_several_eos_ids_stop_a_row():
+    """An Instruct model ends a turn with any of several ids: each stops the row, the first fills."""
+    model = ContextModel(11, seed=2, scale=4.0)
+    free = dd.generate(model, [[1, 2, 3]], "fast_dllm_threshold", gen_length=8, block_length=2)
+    first_block = free.answers[0, :2].tolist()
+    out = dd.generate(model, [[1, 2, 3]], "fast_dllm_threshold", gen_length=8, block_length=2,
+                      eos_id=[9 if first_block[0] != 9 else 8, first_block[1]])
+    assert out.answers[0, :2].tolist() == first_block
+    fill = 9 if first_block[0] != 9 else 8
+    assert out.answers[0, 2:].tolist() == [fill] * 6 and int(out.nfe[0]) < int(free.nfe[0])
+    with pytest.raises(dd.InputError, match="empty list"):
+        dd.generate(model, [[1, 2, 3]], "fast_dllm_threshold", gen_length=4, eos_id=[])
+    with pytest.raises(dd.InputError, match="outside the model's vocabulary"):
+        dd.generate(model, [[1, 2, 3]], "fast_dllm_threshold", gen_length=4, eos_id=[1, 99])

@@ -32,7 +32,7 @@ def test_strategies_list_and_show(capsys):
     code, out, _ = run(capsys, "strategies", "credit_decoding", "--set", "select.threshold=0.8",
                        "--set", "fuse.credit.alpha=0.5", "--json")
     data = json.loads(out)
-    assert data["select"] == {"use": "threshold", "threshold": 0.8, "near_max": 1e-5}
+    assert data["select"] == {"use": "threshold", "threshold": 0.8, "near_max": 1e-5, "strict": False}
     assert data["fuse"][0] == {"use": "credit", "alpha": 0.5, "beta": 0.8, "gamma": 0.2, "slots": None}
     assert data["steps"] == data["gen_length"] == 64
     code, out, _ = run(capsys, "strategies", "llada_low_confidence", "--set", "steps=32")

@@ -121,7 +121,7 @@ def test_strategy_file_errors_name_the_file(tmp_path):
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"overrides": ["select.threshold=0.8"]}, dd.ConfigError, "overrides must be a dict of dotted keys"),
     ({"overrides": {1: 2}}, dd.ConfigError, "overrides: key 1 is not a dotted option name"),
-    ({"eos_id": "3"}, dd.InputError, "eos_id must be an int token id (or None), got '3' (str)"),
+    ({"eos_id": "3"}, dd.InputError, "eos_id must be an int token id, a list of them, or None; got '3' (str)"),
     ({"eos_id": True}, dd.InputError, "eos_id must be an int token id"),
     ({"eos_id": 2.0}, dd.InputError, "eos_id must be an int token id"),
     ({"observers": ["trace"]}, dd.InputError, "observers: 'trace' is a name; observers takes component instances"),

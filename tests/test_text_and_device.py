@@ -259,7 +259,7 @@ def test_cli_prompts_batch_chat_and_json(capsys, checkpoint, tmp_path):
                          "--gen-length", "8", "--block-length", "4", "--strategy", "fast_dllm_threshold", "--json")
     assert code == 0, err
     payload = json.loads(out)
-    assert payload["chat"] is True and payload["eos_id"] == EOS
+    assert payload["chat"] is True and payload["eos_id"] == [EOS]
     assert [r["prompt"] for r in payload["results"]] == ["<user> w1 w2 <eot> <assistant> ", "<user> w3 <eot> <assistant> "]
     texts = [r["answer"] for r in payload["results"]]
     expected = dd.generate_text(dd.load_model(checkpoint), tiny_tokenizer(chat=True), ["w1 w2", "w3"],

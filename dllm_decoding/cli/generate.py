@@ -190,8 +190,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eos_stop(args: argparse.Namespace, model: Any, tokenizer: Any, reference: bool) -> tuple[int | None, tuple[int, ...]]:
-    """``(eos_id for the early stop or None, every id that ends an answer's text)``. Default: on
+def _eos_stop(args: argparse.Namespace, model: Any, tokenizer: Any,
+              reference: bool) -> tuple[list[int] | None, tuple[int, ...]]:
+    """``(EOS ids for the early stop or None, every id that ends an answer's text)``. Default: on
     for checkpoints that name their EOS ids (LLaDA, Dream; a generic checkpoint's tokenizer), off
     for the reference and toy models (their presets stay exact); --eos-stop / --no-eos-stop decide."""
     known = model_eos_ids(model)
@@ -201,7 +202,7 @@ def _eos_stop(args: argparse.Namespace, model: Any, tokenizer: Any, reference: b
     if stop and not known:
         raise dd.ConfigError(f"--eos-stop: the model {args.model!r} names no EOS token (no tokenizer with an "
                              f"eos_token_id, no eos_token_id in its config); drop --eos-stop")
-    return (known[0] if stop else None), known
+    return (list(known) if stop else None), known
 
 
 def _terminal_streamer(tokenizer: Any, reference_tokens: bool) -> StepStreamer:

@@ -36,17 +36,22 @@ def check_overrides(overrides: Any) -> None:
                               f"such as 'select.threshold' or 'gen_length'")
 
 
-def check_eos_id(eos_id: Any, vocab_size: int) -> int | None:
-    """None, or an int token id in the vocabulary (numpy / torch integer scalars taken)."""
+def check_eos_id(eos_id: Any, vocab_size: int) -> tuple[int, ...] | None:
+    """None, or the EOS token ids as a tuple: an int, or a non-empty sequence of ints (Instruct
+    models end turns with several ids), each in the vocabulary (numpy / torch integer scalars
+    taken)."""
     if eos_id is None:
         return None
-    if isinstance(eos_id, bool) or not isinstance(eos_id, numbers.Integral):
-        raise InputError(f"eos_id must be an int token id (or None), got {eos_id!r} "
-                         f"({type(eos_id).__name__})")
-    eos_id = int(eos_id)
-    if not 0 <= eos_id < vocab_size:
-        raise InputError(f"eos_id={eos_id} is outside the model's vocabulary [0, {vocab_size})")
-    return eos_id
+    ids = list(eos_id) if isinstance(eos_id, (list, tuple)) else [eos_id]
+    if not ids:
+        raise InputError("eos_id is an empty list; pass a token id, a list of them, or None")
+    for token in ids:
+        if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+            raise InputError(f"eos_id must be an int token id, a list of them, or None; got {eos_id!r} "
+                             f"({type(token).__name__})")
+        if not 0 <= int(token) < vocab_size:
+            raise InputError(f"eos_id={int(token)} is outside the model's vocabulary [0, {vocab_size})")
+    return tuple(int(t) for t in ids)
 
 
 def check_observers(observers: Any) -> list[Component]:
@@ -90,8 +95,8 @@ def check_generate_arguments(*, overrides: Any = None, eos_id: Any = None, obser
     check_observers(observers)
     if vocab_size is not None:
         check_eos_id(eos_id, vocab_size)
-    elif eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, numbers.Integral)):
-        check_eos_id(eos_id, 1)  # the type error; the range waits for the model
+    elif eos_id is not None:
+        check_eos_id(eos_id, 2**63)  # the type error; the range waits for the model
 
 
 def check_decode_size(batch: int, positions: int, vocab_size: int, *, limit: int = MAX_LOGITS_BYTES) -> None:

@@ -87,6 +87,7 @@ class Strategy(BaseModel):
     fuse: list[ComponentConfig] = Field(default_factory=list)
     score: ComponentConfig = ComponentConfig(use="confidence")
     select: ComponentConfig
+    edit: ComponentConfig | None = None
     remask: ComponentConfig | None = None
     observers: list[ComponentConfig] = Field(default_factory=list)
     gen_length: StrictInt = Field(64, gt=0, description="answer positions to generate")
@@ -95,7 +96,8 @@ class Strategy(BaseModel):
     temperature: FiniteFloat = Field(0.0, ge=0.0, le=1000.0, description="0 = greedy argmax (at most 1000: "
                                      "sampling is already uniform long before)")
     max_steps_per_block: StrictInt | None = Field(
-        None, gt=0, description="remasking strategies: steps per block after which remask stops")
+        None, gt=0, description="remasking and editing strategies: steps per block after which remask and "
+                                "edit stop (default 2 x block_length)")
 
     @model_validator(mode="before")
     @classmethod
@@ -122,7 +124,7 @@ class Strategy(BaseModel):
             value = [value]
         return [ComponentConfig.of(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    @field_validator("score", "select", "remask", mode="before")
+    @field_validator("score", "select", "edit", "remask", mode="before")
     @classmethod
     def _component(cls, value: Any) -> Any:
         return ComponentConfig.of(value)
@@ -159,6 +161,8 @@ class Strategy(BaseModel):
         """(where, config) for every component, ``where`` being its dotted config path."""
         out = [(f"fuse.{c.use}", c) for c in self.fuse]
         out += [("score", self.score), ("select", self.select)]
+        if self.edit is not None:
+            out.append(("edit", self.edit))
         if self.remask is not None:
             out.append(("remask", self.remask))
         out += [(f"observers.{c.use}", c) for c in self.observers]
@@ -192,7 +196,7 @@ class Strategy(BaseModel):
         return data
 
 
-_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "remask")
+_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask")
 
 
 def _divisors(n: int) -> list[int]:
@@ -304,9 +308,9 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
             entries[matches[0]][option] = value
             data[head] = entries
             continue
-        if head not in ("score", "select", "remask") or len(parts) != 2:
+        if head not in ("score", "select", "edit", "remask") or len(parts) != 2:
             raise ConfigError(f"override {key!r}: {head!r} takes no sub-keys"
-                              if head not in ("score", "select", "remask")
+                              if head not in ("score", "select", "edit", "remask")
                               else f"override {key!r}: use {head}.<option>")
         entry = ComponentConfig.of(data.get(head))
         if entry is None:

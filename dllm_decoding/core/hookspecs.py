@@ -111,6 +111,25 @@ def select(state, proposal):
 
 
 @hookspec(firstresult=True)
+def edit(state, proposal, commit):
+    """Optionally replace decided tokens of the current block by better ones, without reopening
+    them as noise (token-to-token editing, as LLaDA2.1 / SGLang's ``JointThreshold`` does).
+
+    :param state: the decode state, *after* this step's commits were applied.
+    :param proposal: this step's proposal.
+    :param commit: bool ``(B, L)``: the block positions committed in this step.
+    :return: bool tensor ``(B, L)`` of positions that take ``proposal.tokens`` now, or None.
+        The core restricts it to positions decided *before* this step in active rows, where the
+        proposed token differs from the current one (the same checks as committed tokens apply).
+
+    With an ``edit`` component a block does not end when its last position is committed: a row
+    keeps taking steps in the block while its previous step changed something (a commit or an
+    edit), and never beyond ``max_steps_per_block`` steps, so every decode ends. NFE counts
+    these steps. First result wins; at most one edit component per strategy.
+    """
+
+
+@hookspec(firstresult=True)
 def remask(state, proposal, commit):
     """Optionally send already decided positions of the current block back to noise.
 

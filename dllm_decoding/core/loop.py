@@ -26,7 +26,7 @@ from .manager import PluginRegistry, get_registry
 from .denoiser import DecodeSession, as_denoiser, check_logits
 from .state import DecodeState, GenerateOutput, Proposal, StepRecord
 
-_STEP_HOOKS = ("fuse", "score", "select", "remask")
+_STEP_HOOKS = ("fuse", "score", "select", "edit", "remask")
 _LIFECYCLE_HOOKS = ("on_decode_start", "on_block_start", "on_step_end", "on_decode_end")
 
 
@@ -181,7 +181,7 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
              *, gen_length: int | None = None, block_length: int | None = None,
              steps: int | None = None, temperature: float | None = None,
              overrides: Mapping[str, Any] | None = None, attention_mask: Any = None,
-             eos_id: int | None = None, seed: int | Sequence[int] = 0, trace: bool = False,
+             eos_id: int | Sequence[int] | None = None, seed: int | Sequence[int] = 0, trace: bool = False,
              observers: Sequence[Component] = (),
              registry: PluginRegistry | None = None) -> GenerateOutput:
     """Decode ``gen_length`` tokens after each prompt with a strategy.
@@ -193,8 +193,9 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
     :param gen_length, block_length, steps, temperature: shortcuts for the overrides of the same name.
     :param overrides: dotted-key overrides, e.g. ``{"select.threshold": 0.8}``.
     :param attention_mask: ``(B, P)`` 0/1, left padding; passed to the model.
-    :param eos_id: when set, a row whose finished blocks contain EOS stops (no more forwards) and
-        the rest of its answer is filled with EOS. Off by default.
+    :param eos_id: an EOS token id or a list of them (Instruct models end a turn with any of
+        several); when set, a row whose finished blocks contain one stops (no more forwards) and
+        the rest of its answer is filled with the first. Off by default.
     :param seed: an int (row ``i`` gets ``seed + i``) or one seed per row. Each row draws from
         its own generator, so row ``i`` of a batch decodes exactly as it does alone with seed
         ``seed[i]``; at temperature 0 deterministic strategies use no randomness.
@@ -281,7 +282,7 @@ def _block_logits(logits: Any, rows_in: int, total: int, start: int, end: int, v
 
 
 def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tensor,
-         prompt_mask: torch.Tensor, given: torch.Tensor, eos_id: int | None, seed: Any) -> GenerateOutput:
+         prompt_mask: torch.Tensor, given: torch.Tensor, eos_id: tuple[int, ...] | None, seed: Any) -> GenerateOutput:
     batch, prompt_len = prompt.shape
     gen_len, block_len = strat.gen_length, strat.effective_block_length
     total = prompt_len + gen_len
@@ -297,10 +298,12 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         canvas=torch.cat([prompt, noise.to(device)], dim=1), open=open_, attention_mask=attention_mask,
         prompt_length=prompt_len, gen_length=gen_len, block_length=block_len,
         steps_per_block=strat.steps_per_block, mask_id=mask_id, vocab_size=vocab,
-        temperature=strat.temperature, generators=generators, eos_id=eos_id,
+        temperature=strat.temperature, generators=generators, eos_id=None if eos_id is None else eos_id[0],
         active_rows=torch.ones(batch, dtype=torch.bool, device=device),
         finished_rows=torch.zeros(batch, dtype=torch.bool, device=device), forwards_per_row=[0] * batch)
-    remask_budget = strat.max_steps_per_block or 2 * block_len
+    remask_budget = strat.max_steps_per_block or 2 * block_len  # remask and edit stop after it
+    eos_ids = None if eos_id is None else torch.tensor(eos_id, device=device)
+    has_edit = pipeline.has("edit")
     all_rows = state.active_rows  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
     # a session that ignores the fused logits (the default) gets no copy of them
@@ -315,8 +318,11 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         # serves both the progress check and the next step's active rows. Finished (EOS) rows
         # have none, as _stop_at_eos closes everything after their last block.
         open_left = state.selectable.sum(dim=1).tolist()
+        # with an edit component a row keeps stepping while its last step changed something
+        editing = [False] * batch
         while True:
-            active_list = [n > 0 for n in open_left]
+            had_open = [n > 0 for n in open_left]
+            active_list = [o or e for o, e in zip(had_open, editing)]
             n_active = sum(active_list)
             if n_active == 0:
                 break
@@ -339,7 +345,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             comp, chosen = pipeline.first("select", state=state, proposal=proposal)
             commit = _check_mask(comp, "select", chosen, (batch, block_len)) & selectable
             committed = commit.sum(dim=1).tolist()
-            stalled = [a and c == 0 for a, c in zip(active_list, committed)]
+            stalled = [o and c == 0 for o, c in zip(had_open, committed)]
             if any(stalled):  # progress guarantee: the most confident open position
                 commit = commit | _most_confident(proposal.confidence, selectable, stalled)
                 committed = [c + s for c, s in zip(committed, stalled)]
@@ -347,6 +353,16 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             open_left = [n - c for n, c in zip(open_left, committed)]
             block_tokens = torch.where(commit, proposal.tokens, state.block_canvas)
             block_open = selectable & ~commit
+            edited = None
+            if has_edit:  # edits in the block's first max_steps_per_block steps, none after
+                if state.block_step < remask_budget:
+                    edited = _edits(pipeline, state, proposal, commit, selectable, block_tokens, block_open,
+                                    active, logits, fused, scorer)
+                if edited is not None:
+                    block_tokens = torch.where(edited, proposal.tokens, block_tokens)
+                changes = committed if edited is None else [c + e for c, e in zip(committed, edited.sum(dim=1).tolist())]
+                another = state.block_step + 1 < remask_budget
+                editing = [a and another and n > 0 for a, n in zip(active_list, changes)]
             reopen = None
             if pipeline.has("remask") and state.block_step + 1 < remask_budget:
                 state.canvas, state.open = _with_block(state, block_tokens, block_open)
@@ -367,17 +383,32 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     step=state.step, block_index=block, block_step=state.block_step, block_start=start,
                     active_rows=active, proposal=proposal, commit=commit,
                     reopen=torch.zeros_like(commit) if reopen is None else reopen,
-                    canvas=state.canvas))
+                    canvas=state.canvas, edited=edited))
             state.step += 1
             state.block_step += 1
-        if eos_id is not None:
-            _stop_at_eos(state, eos_id, end)
+        if eos_ids is not None:
+            _stop_at_eos(state, eos_ids, end)
     # the caller's prompt comes back as given, padding ids included (the model saw a valid id there)
     sequences = torch.cat([given, state.canvas[:, prompt_len:]], dim=1)
     output = GenerateOutput(sequences=sequences, nfe=state.nfe, prompt_length=prompt_len,
                             gen_length=gen_len, stats={"forward_calls": state.step})
     pipeline.broadcast("on_decode_end", state=state, output=output)
     return output
+
+
+def _edits(pipeline: Pipeline, state: DecodeState, proposal: Proposal, commit: torch.Tensor,
+           selectable: torch.Tensor, block_tokens: torch.Tensor, block_open: torch.Tensor,
+           active: torch.Tensor, logits: torch.Tensor, fused: torch.Tensor, scorer: Component) -> torch.Tensor | None:
+    """The edit component's choice, restricted to positions decided before this step in active
+    rows whose proposed token differs (None: no edit)."""
+    state.canvas, state.open = _with_block(state, block_tokens, block_open)
+    comp, chosen = pipeline.first("edit", state=state, proposal=proposal, commit=commit)
+    if chosen is None:
+        return None
+    decided_before = ~selectable & active[:, None]
+    edited = _check_mask(comp, "edit", chosen, tuple(commit.shape)) & decided_before & (proposal.tokens != block_tokens)
+    _check_committed_tokens(proposal, edited, logits, fused, pipeline, scorer, state)
+    return edited
 
 
 def _with_block(state: DecodeState, block_tokens: torch.Tensor, block_open: torch.Tensor
@@ -451,15 +482,15 @@ def _check_committed_tokens(proposal: Proposal, commit: torch.Tensor, logits: to
                       f"it can be sampled when the model gives [MASK] a finite logit: make it -inf)")
 
 
-def _stop_at_eos(state: DecodeState, eos_id: int, block_end: int) -> None:
-    """dInfer-style early stop: a row with EOS in its finished blocks is done; the rest of its
-    answer becomes EOS and costs no more forwards."""
-    done = (state.canvas[:, state.prompt_length:block_end] == eos_id).any(dim=1) & ~state.finished_rows
+def _stop_at_eos(state: DecodeState, eos_ids: torch.Tensor, block_end: int) -> None:
+    """dInfer-style early stop: a row with an EOS id in its finished blocks is done; the rest of
+    its answer becomes the first EOS id and costs no more forwards."""
+    done = torch.isin(state.canvas[:, state.prompt_length:block_end], eos_ids).any(dim=1) & ~state.finished_rows
     if not bool(done.any()):
         return
     tail = torch.zeros_like(state.open)
     tail[:, block_end:] = True
     tail &= done[:, None]
-    state.canvas = state.canvas.masked_fill(tail, eos_id)
+    state.canvas = state.canvas.masked_fill(tail, state.eos_id)
     state.open = state.open & ~tail
     state.finished_rows = state.finished_rows | done

@@ -40,7 +40,7 @@ class DecodeState:
     vocab_size: int
     temperature: float
     generators: list[torch.Generator]  # one per row, on the canvas's device: a row decodes alike alone or in a batch
-    eos_id: int | None = None
+    eos_id: int | None = None  # the (first) EOS id that fills a finished row
     block_index: int = 0
     block_step: int = 0  # steps taken in the current block
     step: int = 0  # steps taken in the whole decode
@@ -125,6 +125,7 @@ class StepRecord:
     commit: torch.Tensor  # (B, L) bool: committed in this step
     reopen: torch.Tensor  # (B, L) bool: sent back to noise in this step
     canvas: torch.Tensor  # (B, T) tokens after this step
+    edited: torch.Tensor | None = None  # (B, L) bool: decided tokens replaced in this step (edit hook)
 
 
 @dataclass
