@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 from ..core.errors import DecodingError, PluginWarning
-from . import bench, evaluate, generate, lm_eval, strategies, train
+from . import bench, evaluate, generate, lm_eval, strategies, train, tune
 from .common import add_model_arguments, add_overrides, add_threads_argument, apply_threads
 
 DESCRIPTION = """\
@@ -27,6 +27,7 @@ examples:
   dllm-decode generate --model toy --prompt-ids 1,2,3 --gen-length 8 --strategy fast_dllm_threshold
   dllm-decode eval --model reference --strategy credit_decoding --task sort --n 200
   dllm-decode bench --quick
+  dllm-decode tune --task sort --strategy fast_dllm_threshold --target-accuracy 0.98
 """
 
 
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="sweep strategies x settings x tasks; JSON, Markdown, plots")
     bench.configure_bench_parser(p)
     p.set_defaults(func=bench.run_bench)
+
+    p = sub.add_parser("tune", help="search a strategy's options: the fastest setting that meets an accuracy target "
+                                    "on the validation split (or the accuracy/NFE front), measured on the test split")
+    tune.configure_tune_parser(p)
+    p.set_defaults(func=tune.run_tune)
 
     p = sub.add_parser("train-reference", help="train the reference model (arguments go to the trainer; "
                                                "see dllm-decode train-reference --help)", add_help=False)
