@@ -229,7 +229,10 @@ def _conformance_suite() -> type:
             per_step = trace.committed.sum(dim=2)
             assert bool((per_step[trace.active] >= 1).all())
             assert bool((out.nfe <= case["gen_length"]).all())
-            assert torch.equal(out.nfe, trace.active.sum(dim=0))
+            if load_strategy(self.strategy, {**self.overrides}).draft is None:
+                assert torch.equal(out.nfe, trace.active.sum(dim=0))
+            else:  # a step that reached a drafted canvas costs no forward
+                assert bool((out.nfe <= trace.active.sum(dim=0)).all())
 
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
         @given(case=decode_cases())

@@ -21,7 +21,7 @@ def test_streamer_reports_every_step_then_the_output(preset):
                       observers=[StepStreamer(updates.append)])
     steps, final = updates[:-1], updates[-1]
     assert final.done and final.output is out and torch.equal(final.tokens, out.answers)
-    assert len(steps) == out.stats["forward_calls"] and [u.step for u in steps] == list(range(len(steps)))
+    assert len(steps) == out.stats["steps"] and [u.step for u in steps] == list(range(len(steps)))
     for u in steps:
         assert not bool((u.committed & u.provisional).any())
         # provisional positions are open positions of the step's block only

@@ -15,8 +15,8 @@ from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Strict
 
 from .errors import ConfigError
 
-HookPoint = Literal["fuse", "score", "select", "edit", "remask", "observer"]
-HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "observer")
+HookPoint = Literal["fuse", "score", "select", "edit", "remask", "draft", "observer"]
+HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "draft", "observer")
 
 
 # --------------------------------------------------------------------------- strict option types
@@ -101,7 +101,7 @@ class Component:
     """Base class of every decoding component.
 
     Subclasses set ``name`` (how strategies refer to it), ``hook_point`` (which of ``fuse``,
-    ``score``, ``select``, ``edit``, ``remask`` it implements, or ``observer`` for lifecycle-only
+    ``score``, ``select``, ``edit``, ``remask``, ``draft`` it implements, or ``observer`` for lifecycle-only
     components), optionally an ``Options`` pydantic model (``extra="forbid"``), and implement the
     hook method of that name decorated with :data:`dllm_decoding.hookimpl`. They may implement
     any lifecycle hook as well.

@@ -89,6 +89,7 @@ class Strategy(BaseModel):
     select: ComponentConfig
     edit: ComponentConfig | None = None
     remask: ComponentConfig | None = None
+    draft: ComponentConfig | None = None
     observers: list[ComponentConfig] = Field(default_factory=list)
     gen_length: StrictInt = Field(64, gt=0, description="answer positions to generate")
     block_length: StrictInt | None = Field(None, gt=0, description="semi-AR block size; default: gen_length")
@@ -124,7 +125,7 @@ class Strategy(BaseModel):
             value = [value]
         return [ComponentConfig.of(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    @field_validator("score", "select", "edit", "remask", mode="before")
+    @field_validator("score", "select", "edit", "remask", "draft", mode="before")
     @classmethod
     def _component(cls, value: Any) -> Any:
         return ComponentConfig.of(value)
@@ -165,6 +166,8 @@ class Strategy(BaseModel):
             out.append(("edit", self.edit))
         if self.remask is not None:
             out.append(("remask", self.remask))
+        if self.draft is not None:
+            out.append(("draft", self.draft))
         out += [(f"observers.{c.use}", c) for c in self.observers]
         return out
 
@@ -196,7 +199,7 @@ class Strategy(BaseModel):
         return data
 
 
-_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask")
+_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask", "draft")
 
 
 def _divisors(n: int) -> list[int]:
@@ -308,9 +311,9 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
             entries[matches[0]][option] = value
             data[head] = entries
             continue
-        if head not in ("score", "select", "edit", "remask") or len(parts) != 2:
+        if head not in ("score", "select", "edit", "remask", "draft") or len(parts) != 2:
             raise ConfigError(f"override {key!r}: {head!r} takes no sub-keys"
-                              if head not in ("score", "select", "edit", "remask")
+                              if head not in ("score", "select", "edit", "remask", "draft")
                               else f"override {key!r}: use {head}.<option>")
         entry = ComponentConfig.of(data.get(head))
         if entry is None:

@@ -145,6 +145,26 @@ def remask(state, proposal, commit):
     """
 
 
+@hookspec(firstresult=True)
+def draft(state, proposal, commit):
+    """Optionally draft the canvases the next steps will reach, to verify them in one batched
+    forward (FreeDave's draft-and-verify: the output stays the rule's own, in fewer forwards).
+
+    :param state: the decode state at the end of this step (commits, edits, remasks applied).
+    :param proposal: this step's proposal.
+    :param commit: bool ``(B, L)``: the block positions committed in this step.
+    :return: None, or a long tensor ``(B, D, L)``: ``D`` drafted contents of the current block
+        per row. The core forwards the drafted canvases of every row that still has open
+        positions and whose canvas is not already a kept draft, all in one batched model call
+        (one forward per drafting row in NFE), and keeps their block logits until the block
+        ends; a later step whose canvas equals a kept draft uses its logits and costs no forward.
+        A wrong draft costs compute, never changes the output (for a model whose logits depend
+        on the canvas alone, not on the batch). Not with a key-value cache.
+
+    First result wins; at most one draft component per strategy.
+    """
+
+
 # --------------------------------------------------------------------------- lifecycle hooks
 
 

@@ -24,9 +24,10 @@ from .errors import InputError, ModelError, PluginError
 from .inputs import check_prompt
 from .manager import PluginRegistry, get_registry
 from .denoiser import DecodeSession, as_denoiser, check_logits
+from .drafts import DraftCache, check_drafting_model, check_drafts
 from .state import DecodeState, GenerateOutput, Proposal, StepRecord
 
-_STEP_HOOKS = ("fuse", "score", "select", "edit", "remask")
+_STEP_HOOKS = ("fuse", "score", "select", "edit", "remask", "draft")
 _LIFECYCLE_HOOKS = ("on_decode_start", "on_block_start", "on_step_end", "on_decode_end")
 
 
@@ -304,6 +305,10 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     remask_budget = strat.max_steps_per_block or 2 * block_len  # remask and edit stop after it
     eos_ids = None if eos_id is None else torch.tensor(eos_id, device=device)
     has_edit = pipeline.has("edit")
+    drafts = DraftCache() if pipeline.has("draft") else None
+    if drafts is not None:
+        check_drafting_model(denoiser)
+    calls = 0  # batched model calls
     all_rows = state.active_rows  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
     # a session that ignores the fused logits (the default) gets no copy of them
@@ -313,6 +318,8 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         state.block_index, state.block_step = block, 0
         start, end = state.block_start, state.block_end
         session.start_block(start, end)
+        if drafts is not None:
+            drafts.reset()
         pipeline.broadcast("on_block_start", state=state)
         # open positions of this block per row, kept as Python ints: one sync per step then
         # serves both the progress check and the next step's active rows. Finished (EOS) rows
@@ -329,12 +336,22 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             active = all_rows if n_active == batch else torch.tensor(active_list, device=device)
             state.active_rows = active
             rows = None if n_active == batch else active.nonzero().squeeze(1)
-            canvas_in = state.canvas if rows is None else state.canvas[rows]
-            raw = session.forward(canvas_in, rows)
-            logits = _block_logits(raw, canvas_in.shape[0], total, start, end, vocab, denoiser.name)
-            if rows is not None:  # hooks see the whole batch; inactive rows get zeros
-                logits = logits.new_zeros(batch, *logits.shape[1:]).index_copy(0, rows, logits)
-            state.forwards_per_row = [n + a for n, a in zip(state.forwards_per_row, active_list)]
+            hit = None if drafts is None else torch.where(active, drafts.lookup(state.block_canvas), -1)
+            forwarded = active_list if hit is None else [a and h < 0 for a, h in zip(active_list, hit.tolist())]
+            logits = None
+            if any(forwarded):
+                ask = rows if forwarded == active_list else torch.tensor(forwarded, device=device).nonzero().squeeze(1)
+                canvas_in = state.canvas if ask is None else state.canvas[ask]
+                logits = _block_logits(session.forward(canvas_in, ask), canvas_in.shape[0], total, start, end,
+                                       vocab, denoiser.name)
+                calls += 1
+                if ask is not None:  # hooks see the whole batch; other rows get zeros (or drafts)
+                    logits = logits.new_zeros(batch, *logits.shape[1:]).index_copy(0, ask, logits)
+            if hit is not None and bool((hit >= 0).any()):  # a drafted canvas: its logits are known
+                reached = (hit >= 0).nonzero().squeeze(1)
+                known = drafts.logits_of(reached, hit)
+                logits = (known.new_zeros(batch, *known.shape[1:]) if logits is None else logits).index_copy(0, reached, known)
+            state.forwards_per_row = [n + f for n, f in zip(state.forwards_per_row, forwarded)]
             fused = pipeline.fuse(state, logits)
             if observes_fused:
                 session.observe_fused(fused if rows is None else fused[rows], rows)
@@ -378,6 +395,9 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                         block_open = block_open | reopen
                         open_left = [n + r for n, r in zip(open_left, reopened)]
             state.canvas, state.open = _with_block(state, block_tokens, block_open)
+            if drafts is not None and any(n > 0 for n in open_left):
+                calls += _draft_and_verify(pipeline, state, proposal, commit, drafts, session, open_left,
+                                           total, vocab, denoiser.name)
             if record_steps:
                 pipeline.broadcast("on_step_end", state=state, record=StepRecord(
                     step=state.step, block_index=block, block_step=state.block_step, block_start=start,
@@ -391,9 +411,33 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     # the caller's prompt comes back as given, padding ids included (the model saw a valid id there)
     sequences = torch.cat([given, state.canvas[:, prompt_len:]], dim=1)
     output = GenerateOutput(sequences=sequences, nfe=state.nfe, prompt_length=prompt_len,
-                            gen_length=gen_len, stats={"forward_calls": state.step})
+                            gen_length=gen_len, stats={"forward_calls": calls, "steps": state.step})
     pipeline.broadcast("on_decode_end", state=state, output=output)
     return output
+
+
+def _draft_and_verify(pipeline: Pipeline, state: DecodeState, proposal: Proposal, commit: torch.Tensor,
+                      drafts: DraftCache, session: Any, open_left: list[int], total: int, vocab: int,
+                      name: str) -> int:
+    """Rows whose next canvas is not a kept draft get the draft component's drafts forwarded
+    in one batched call (one forward per drafting row); returns the calls made (0 or 1)."""
+    need = (drafts.lookup(state.block_canvas) < 0) & torch.tensor([n > 0 for n in open_left], device=state.device)
+    if not bool(need.any()):
+        return 0
+    comp, drafted = pipeline.first("draft", state=state, proposal=proposal, commit=commit)
+    drafted = check_drafts(comp, drafted, state.batch_size, state.block_length, vocab)
+    if drafted is None:
+        return 0
+    rows = need.nonzero().squeeze(1)
+    contents = drafted[rows]  # (n, D, L)
+    depth = contents.shape[1]
+    canvases = state.canvas[rows].repeat_interleave(depth, dim=0)
+    canvases = torch.cat([canvases[:, :state.block_start], contents.flatten(0, 1), canvases[:, state.block_end:]], dim=1)
+    logits = _block_logits(session.forward(canvases, rows.repeat_interleave(depth)), canvases.shape[0], total,
+                           state.block_start, state.block_end, vocab, name)
+    drafts.store(rows, contents, logits.unflatten(0, (rows.shape[0], depth)), state.batch_size)
+    state.forwards_per_row = [n + bool(d) for n, d in zip(state.forwards_per_row, need.tolist())]
+    return 1
 
 
 def _edits(pipeline: Pipeline, state: DecodeState, proposal: Proposal, commit: torch.Tensor,

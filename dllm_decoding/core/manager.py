@@ -154,7 +154,8 @@ class PluginRegistry:
 #: the built-in plugin modules (the package built from the top-level plugins/ folder), loaded
 #: by name like pytest's default plugins: the core imports no concrete plugin
 BUILTIN_PLUGINS = ("scoring", "selection", "credit", "remasking", "observers", "presets",
-                   "klass", "prophet", "dus", "pc_sampler", "saber", "remdm", "editing")
+                   "klass", "prophet", "dus", "pc_sampler", "saber", "remdm", "editing", "drafting",
+                   "credit_noise")
 
 
 def _builtin_modules() -> list[ModuleType]:

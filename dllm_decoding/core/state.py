@@ -133,10 +133,11 @@ class GenerateOutput:
     """Result of :func:`dllm_decoding.generate`.
 
     ``sequences`` ``(B, P + gen_length)`` long, prompt included; ``nfe`` ``(B,)`` long: model
-    forwards each row cost (the steps it took part in); ``trace``: a
+    forwards each row cost (its steps, and its verification forwards with a ``draft``
+    component; a step that reached a drafted canvas costs none); ``trace``: a
     :class:`~dllm_decoding.Trace` when ``trace=True`` was asked for; ``stats``:
     ``forward_calls``, the number of batched model calls (the wall-clock cost: rows that
-    finished a block wait for the others, so it is at least ``nfe.max()``).
+    finished a block wait for the others, so it is at least ``nfe.max()``), and ``steps``.
     """
 
     sequences: torch.Tensor

@@ -168,7 +168,7 @@ def measure(case: Case, vocab: int, block_length: int = 32, tokens_per_step: int
                    overrides=overrides, observers=[clock])
     total = time.perf_counter() - began
     peak = memory.finish()
-    steps = out.stats["forward_calls"]
+    steps = out.stats["steps"]
     output_mb = case.batch * block_length * vocab * torch.finfo(DTYPES[case.dtype]).bits / 8 / 2**20
     loop = total - model.forward_seconds
     return {**case.__dict__, "vocab": vocab, "block_length": block_length, "steps": steps,
