@@ -57,6 +57,8 @@ SWEEPS: dict[str, list[Setting]] = {
         *_sweep("pc_sampler", "score.position_decay", [0.0, 0.25]),
         *[Setting("saber", {"select.n": n, "remask.n": n}) for n in (1, 2)],
         *[Setting("remdm_cap", {"select.eta": eta, "remask.eta": eta}) for eta in (0.02, 0.1)],
+        *_sweep("joint_threshold", "select.threshold", [0.5, 0.9]),
+        *_sweep("freedave", "draft.depth", [4, 8]),
     ],
     "quick": [
         *_sweep("llada_low_confidence", "select.k", [1, 8]),
