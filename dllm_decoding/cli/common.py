@@ -203,7 +203,7 @@ def check_chat_template_before_loading(model: str) -> None:
         raise ConfigError("--chat: the toy model has no tokenizer; give --prompt-ids, or a checkpoint whose "
                           "tokenizer has a chat template")
     if is_reference_checkpoint(model):
-        raise ConfigError(f"--chat: the reference model's tokenizer has no chat template; drop --chat (or use "
+        raise ConfigError("--chat: the reference model's tokenizer has no chat template; drop --chat (or use "
                           f"--no-chat): its prompts are the task text as it is")
     folder = Path(model)
     if not folder.is_dir():

@@ -13,7 +13,8 @@ from ..models import HFMaskedDiffusionModel, PerturbedLogits
 from ..models.families import check_generic_checkpoint, family_of, load_tokenizer, read_config
 from ..models.families import load_model as load_family_model
 from ..models.placement import resolve_device, resolve_dtype
-from ..reference import _first_line, _no_progress_bar, load_reference_model
+from ..models.families import quiet_loading
+from ..reference import _first_line, load_reference_model
 from ..reference.modeling import MODEL_TYPE
 from ..testing import ContextModel
 
@@ -97,7 +98,7 @@ def load_hf_checkpoint(path: str, *, trust_remote_code: bool = False) -> tuple[A
 
     hint = "" if trust_remote_code else " (a checkpoint with its own modeling code needs --trust-remote-code)"
     model, failures = None, []
-    with _no_progress_bar():
+    with quiet_loading():
         for auto in (AutoModelForMaskedLM, AutoModel):
             try:
                 model = auto.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)

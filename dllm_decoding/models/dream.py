@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .parts import (DiffusionLMOutput, KeyValues, RMSNorm, apply_rotary, attend, check_window,
+from .parts import (DiffusionLMOutput, KeyValues, RMSNorm, apply_rotary, attend, check_window, init_weights,
                     positions_and_key_mask, rotary_tables)
 
 MODEL_TYPE = "Dream"
@@ -133,12 +133,7 @@ class DreamForDiffusionLM(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
+        init_weights(module)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens

@@ -175,7 +175,7 @@ def check_family_checkpoint(path: str | Path, config: dict[str, Any] | None = No
 
 
 @contextlib.contextmanager
-def _quiet_loading():
+def quiet_loading():
     """transformers' progress bar off for a local load (the switch is global: restored after)."""
     from transformers.utils import logging as hf_logging
 
@@ -203,7 +203,7 @@ def load_model(path: str | Path, *, mask_id: int | None = None, dtype: Any = Non
     config = read_config(path)
     family, config_object = check_family_checkpoint(path, config)
     config_object.mask_token_id = resolve_mask_id(path, config, family, mask_id)
-    with _quiet_loading():
+    with quiet_loading():
         model, info = family.model_class.from_pretrained(path, config=config_object, local_files_only=True,
                                                          output_loading_info=True,
                                                          dtype=target_dtype or "auto")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .parts import (DiffusionLMOutput, KeyValues, RMSNorm, apply_rotary, attend, check_window,
+from .parts import (DiffusionLMOutput, KeyValues, RMSNorm, apply_rotary, attend, check_window, init_weights,
                     positions_and_key_mask, rotary_tables)
 
 MODEL_TYPE = "llada"
@@ -143,14 +143,7 @@ class LLaDAForDiffusionLM(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        init_weights(module)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.transformer.wte

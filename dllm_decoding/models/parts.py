@@ -103,3 +103,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Te
     out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=key_mask)
     b, h, t, hd = out.shape
     return out.transpose(1, 2).reshape(b, t, h * hd), (k, v)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Random initialisation of a fresh (untrained) model of our families: normal(0.02) linear
+    and embedding weights, zero biases, unit norms (as the published modeling code does)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)

@@ -10,12 +10,12 @@ work on any saved checkpoint, offline.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from importlib import resources
 from pathlib import Path
 
 from ..core.errors import ModelError
+from ..models.families import quiet_loading
 from .modeling import MODEL_TYPE, ReferenceConfig, ReferenceModelForMaskedLM
 
 __all__ = ["MODEL_TYPE", "REQUIRED_FILES", "ReferenceConfig", "ReferenceModelForMaskedLM", "checkpoint_dir",
@@ -34,19 +34,6 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
-
-@contextlib.contextmanager
-def _no_progress_bar():
-    """transformers' progress bars off for the block, restored after (the switch is global)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load_reference_model(path: str | Path | None = None):
@@ -71,7 +58,7 @@ def load_reference_model(path: str | Path | None = None):
                          "it is not a dllm-decoding reference checkpoint")
     weights = where / "model.safetensors"
     try:
-        with _no_progress_bar():  # a 7 MB local load: a bar is only noise on the CLI's stderr
+        with quiet_loading():  # a 7 MB local load: a bar is only noise on the CLI's stderr
             model, info = ReferenceModelForMaskedLM.from_pretrained(where, local_files_only=True,
                                                                     output_loading_info=True)
     except Exception as exc:  # safetensors header / shape errors: name the file and the cause
