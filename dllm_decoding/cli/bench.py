@@ -4,6 +4,7 @@
     dllm-decode bench --quick                          # < 2 minutes on 2 cores
     dllm-decode bench --overhead                       # framework vs a bare hand-written loop
     dllm-decode bench --scaling --out docs/benchmarks  # the loop's cost from 256 to 8192 tokens
+    dllm-decode bench --credit-noise --out docs/benchmarks  # wrong tokens accumulating credit
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..evaluation.overhead import measure_overhead
 from ..evaluation.report import markdown, overhead_table, write_report
 from ..evaluation.scaling import plot_scaling, run_scaling, scaling_markdown
 from ..tasks import TASKS
+from .credit_noise import add_credit_noise_arguments, run_credit_noise
 from .common import (add_blocks_argument, add_model_arguments, check_batch_size, check_example_count,
                      check_writable_dir, check_writable_file, model_from_args, model_options, placement_record)
 
@@ -76,6 +78,7 @@ def configure_bench_parser(p: argparse.ArgumentParser) -> None:
     scaling.add_argument("--dinfer-lengths", type=int, nargs="*", default=[256, 1024], metavar="N",
                          help="credit_decoding vs dInfer's credit loop at LLaDA's vocabulary (126464), batch 1, "
                               "both dtypes, at these lengths (none: skip)")
+    add_credit_noise_arguments(p)
     p.add_argument("--report", metavar="PAGE.md",
                    help="also measure the framework overhead and write the full benchmarks page "
                         "(docs/benchmarks.md: verdicts on CreditDecoding's claims, tables, plots from --out)")
@@ -85,6 +88,8 @@ def run_bench(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if args.scaling:
         return run_scaling_bench(args, out_dir)
+    if args.credit_noise:
+        return run_credit_noise(args, out_dir)
     if args.overhead:
         if model_options(args):
             raise ConfigError("--overhead times the loop on the model as it is: drop --logit-temperature, "
