@@ -85,3 +85,18 @@ def test_callable_with_attention_mask_keyword_gets_it():
     out = dd.generate(dd.as_model(fn, mask_id=3, vocab_size=4), torch.tensor([[0, 2]]),
                       "fast_dllm_threshold", gen_length=2, attention_mask=torch.tensor([[0, 1]]))
     assert got["mask"].tolist() == [[0, 1, 1, 1]] and out.answers.tolist() == [[1, 1]]
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_bert, tmp_path):
+    """transformers would fill missing weights with random values and decode noise silently."""
+    from safetensors.torch import load_file, save_file
+
+    from dllm_decoding.evaluation.loading import load_hf_checkpoint
+
+    tiny_bert.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    dropped = next(k for k in tensors if "encoder.layer.0.attention.self.query.weight" in k)
+    del tensors[dropped]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(dd.ModelError, match="weights do not fit its config.json .*missing .*query.weight"):
+        load_hf_checkpoint(str(tmp_path))

@@ -101,7 +101,8 @@ def load_hf_checkpoint(path: str, *, trust_remote_code: bool = False) -> tuple[A
     with quiet_loading():
         for auto in (AutoModelForMaskedLM, AutoModel):
             try:
-                model = auto.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+                model, info = auto.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code,
+                                                   output_loading_info=True)
                 break
             except Exception as exc:  # transformers raises ValueError, OSError, ImportError...
                 failures.append(f"{auto.__name__}: {_first_line(exc)}")
@@ -109,6 +110,12 @@ def load_hf_checkpoint(path: str, *, trust_remote_code: bool = False) -> tuple[A
         raise ModelError(f"{path!r} ships its own modeling code; pass --trust-remote-code to run it")
     if model is None:
         raise ModelError(f"cannot load a model from {path!r}{hint}: {'; '.join(failures)}")
+    missing = sorted(info.get("missing_keys", ()))
+    if missing:  # transformers fills them with random values: the answers would be noise
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ModelError(f"{path!r}: its weights do not fit its config.json ({type(model).__name__}): missing "
+                         f"{shown}; transformers would fill them with random values. Check that config.json's "
+                         f"model_type and sizes belong to these weights")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception:  # a checkpoint without tokenizer files decodes --prompt-ids only
