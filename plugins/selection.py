@@ -8,7 +8,7 @@ guarantee (at least one commit per active row), so selectors need not.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from dllm_decoding import Component, FiniteFloat, OptionsModel, StrictInt, hookimpl
 from dllm_decoding.plugins.scoring import negative_entropy
@@ -113,7 +113,7 @@ class ThresholdOptions(OptionsModel):
                                   "(dInfer uses 1e-5; on a flat distribution every position is within it of a "
                                   "tiny best, so a whole block can commit in one forward, as dInfer does); "
                                   "none: exactly one best position (Fast-dLLM)")
-    strict: bool = Field(False, description="commit confidence > threshold instead of >= (SGLang's "
+    strict: StrictBool = Field(False, description="commit confidence > threshold instead of >= (SGLang's "
                                             "JointThreshold)")
 
 

@@ -73,6 +73,8 @@ def _never_valid(preset: str, key: str, value) -> bool:
     nullable = type(None) in get_args(annotation)
     if value is None or value == "none":
         return not nullable
+    if annotation is bool or bool in get_args(annotation):  # a switch: exactly True or False
+        return not isinstance(value, bool)
     if isinstance(value, (bool, str, bytes, list, tuple, dict)):
         return True
     if isinstance(value, float) and not math.isfinite(value):
