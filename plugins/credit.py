@@ -70,9 +70,13 @@ class Credit(Component):
             state.plugin_state[self.state_key] = credit
         else:
             credit.mul_(decay)
-        credit.scatter_add_(-1, top_token[..., None], earn[..., None])
+        self._earn(state, credit, logits, top_token, earn)
         # log(credit + 1), not log1p: the same float32 rounding as dInfer, so thresholds agree bit for bit
         return torch.add(credit, 1).log_().mul_(self.options.alpha)
+
+    def _earn(self, state, credit, logits, top_token, earn):
+        """Add this step's earned credit to the dense table, in place: at each argmax token."""
+        credit.scatter_add_(-1, top_token[..., None], earn[..., None])
 
     def _sparse_bonus(self, state, logits, top_token, earn, decay):
         """``(tokens, alpha * log(credit + 1))`` ``(B, L, K)`` for the slots of a sparse table:

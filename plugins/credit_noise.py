@@ -44,18 +44,11 @@ class CreditNoise(Credit):
     hook_point = "fuse"
     Options = CreditNoiseOptions
 
-    def _dense_bonus(self, state, logits, top_token, earn, decay):
-        credit = state.plugin_state[self.state_key]
-        if credit is None:
-            credit = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
-            state.plugin_state[self.state_key] = credit
-        else:
-            credit.mul_(decay)
-        credit.scatter_add_(-1, top_token[..., None], earn[..., None])
+    def _earn(self, state, credit, logits, top_token, earn):
+        super()._earn(state, credit, logits, top_token, earn)
         if self.options.p > 0:  # p = 0 draws nothing: plain credit exactly
             wrong, fires = self._wrong_tokens(state, logits, top_token)
             credit.scatter_add_(-1, wrong[..., None], (earn * fires * self.options.scale)[..., None])
-        return torch.add(credit, 1).log_().mul_(self.options.alpha)
 
     def _wrong_tokens(self, state, logits, top_token):
         """``(B, L)`` wrong token ids and ``(B, L)`` float 0/1: whether each position's noise fires

@@ -27,14 +27,15 @@ def background_frequencies(path: str | None, vocab_size: int) -> torch.Tensor:
     uniform ``1 / V`` (then the calibration is a constant factor and only the position weight
     changes the order)."""
     if path is None:
-        return torch.full((vocab_size,), 1.0 / vocab_size, dtype=torch.float32)
+        return torch.full((vocab_size,), 1.0 / vocab_size, dtype=torch.float32, device="cpu")  # cached: moved per use
     with open(path) as f:
         corpus = json.load(f)
     total = corpus["num_token"]
-    freq = torch.full((vocab_size,), 1.0 / total, dtype=torch.float32)
+    freq = torch.full((vocab_size,), 1.0 / total, dtype=torch.float32, device="cpu")
     counts = {int(k): v / total for k, v in corpus["p_baseline_dict"].items() if int(k) < vocab_size}
     if counts:
-        freq[torch.tensor(list(counts))] = torch.tensor(list(counts.values()), dtype=torch.float32)
+        freq[torch.tensor(list(counts), device="cpu")] = torch.tensor(list(counts.values()), dtype=torch.float32,
+                                                                      device="cpu")
     return freq
 
 

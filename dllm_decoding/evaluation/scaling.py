@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.components import Component as dd_Component
+from ..core.components import Component
 from ..core.denoiser import DecodeSession, Denoiser
 from ..core.hookspecs import hookimpl
 from ..core.loop import generate
@@ -117,7 +117,7 @@ def dinfer_credit_loop(model: SyntheticModel, prompt: torch.Tensor, *, gen_lengt
     return x, forwards
 
 
-class StepClock(dd_Component):
+class StepClock(Component):
     """Observer stamping the end of every step with the wall clock and the model's forward
     seconds so far: each step's time outside its forwards (a verification forward included),
     whose median is robust to a busy machine's stalls."""
