@@ -1,7 +1,6 @@
 """The command line: help, listing, resolved options, generation, JSON, errors."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -204,7 +204,7 @@ def check_chat_template_before_loading(model: str) -> None:
                           "tokenizer has a chat template")
     if is_reference_checkpoint(model):
         raise ConfigError("--chat: the reference model's tokenizer has no chat template; drop --chat (or use "
-                          f"--no-chat): its prompts are the task text as it is")
+                          "--no-chat): its prompts are the task text as it is")
     folder = Path(model)
     if not folder.is_dir():
         return  # the loader names what is wrong with the path
