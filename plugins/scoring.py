@@ -38,6 +38,18 @@ def negative_entropy(logits: torch.Tensor, precision: str) -> torch.Tensor:
     return (logp.exp() * logp).nan_to_num(0.0).sum(dim=-1)
 
 
+def categorical_entropy(state, logits: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` entropies of ``logits`` as ``torch.distributions.Categorical`` computes them
+    (the reference's rounding), once per step: kept in ``state.plugin_state`` against the
+    logits tensor they came from."""
+    cached = state.plugin_state.get("scoring.categorical_entropy")
+    if cached is not None and cached[0] is logits:
+        return cached[1]
+    entropy = torch.distributions.Categorical(logits=logits, validate_args=False).entropy()
+    state.plugin_state["scoring.categorical_entropy"] = (logits, entropy)
+    return entropy
+
+
 class PrecisionOptions(OptionsModel):
     precision: Literal["float32", "float64"] = "float64"
 
@@ -83,17 +95,28 @@ class Margin(Component):
         return Proposal(tokens=tokens, confidence=top2[..., 0] - top2[..., 1], logits=logits)
 
 
+class EntropyOptions(PrecisionOptions):
+    formula: Literal["log_softmax", "categorical"] = Field(
+        "log_softmax", description="sum p log p from log_softmax (Dream) or torch.distributions.Categorical's "
+                                   "entropy (DiffusionGemma's sampler; shared with its components); equal up to "
+                                   "rounding")
+
+
 class NegativeEntropy(Component):
     """Confidence = minus the entropy of the position's distribution (Dream's ``entropy``)."""
 
     name = "entropy"
     hook_point = "score"
-    Options = PrecisionOptions
+    Options = EntropyOptions
 
     @hookimpl
     def score(self, state, logits):
         tokens = propose_tokens(state, logits)
-        return Proposal(tokens=tokens, confidence=negative_entropy(logits, self.options.precision), logits=logits)
+        if self.options.formula == "categorical":
+            confidence = -categorical_entropy(state, in_precision(logits, self.options.precision))
+        else:
+            confidence = negative_entropy(logits, self.options.precision)
+        return Proposal(tokens=tokens, confidence=confidence, logits=logits)
 
 
 class RandomOrder(Component):

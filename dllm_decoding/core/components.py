@@ -15,8 +15,8 @@ from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Strict
 
 from .errors import ConfigError
 
-HookPoint = Literal["fuse", "score", "select", "edit", "remask", "draft", "observer"]
-HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "draft", "observer")
+HookPoint = Literal["fuse", "score", "select", "edit", "remask", "renoise", "draft", "observer"]
+HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "observer")
 
 
 # --------------------------------------------------------------------------- strict option types

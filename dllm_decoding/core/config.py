@@ -89,6 +89,7 @@ class Strategy(BaseModel):
     select: ComponentConfig
     edit: ComponentConfig | None = None
     remask: ComponentConfig | None = None
+    renoise: ComponentConfig | None = None
     draft: ComponentConfig | None = None
     observers: list[ComponentConfig] = Field(default_factory=list)
     gen_length: StrictInt = Field(64, gt=0, description="answer positions to generate")
@@ -97,8 +98,8 @@ class Strategy(BaseModel):
     temperature: FiniteFloat = Field(0.0, ge=0.0, le=1000.0, description="0 = greedy argmax (at most 1000: "
                                      "sampling is already uniform long before)")
     max_steps_per_block: StrictInt | None = Field(
-        None, gt=0, description="remasking and editing strategies: steps per block after which remask and "
-                                "edit stop (default 2 x block_length)")
+        None, gt=0, description="remasking, editing and renoising strategies: steps per block after which "
+                                "remask and edit stop and a renoising block ends (default 2 x block_length)")
 
     @model_validator(mode="before")
     @classmethod
@@ -125,7 +126,7 @@ class Strategy(BaseModel):
             value = [value]
         return [ComponentConfig.of(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    @field_validator("score", "select", "edit", "remask", "draft", mode="before")
+    @field_validator("score", "select", "edit", "remask", "renoise", "draft", mode="before")
     @classmethod
     def _component(cls, value: Any) -> Any:
         return ComponentConfig.of(value)
@@ -166,6 +167,8 @@ class Strategy(BaseModel):
             out.append(("edit", self.edit))
         if self.remask is not None:
             out.append(("remask", self.remask))
+        if self.renoise is not None:
+            out.append(("renoise", self.renoise))
         if self.draft is not None:
             out.append(("draft", self.draft))
         out += [(f"observers.{c.use}", c) for c in self.observers]
@@ -199,7 +202,9 @@ class Strategy(BaseModel):
         return data
 
 
-_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask", "draft")
+#: hook points a strategy names one component for (addressed as ``point.option`` in overrides)
+_SINGLE_POINTS = ("score", "select", "edit", "remask", "renoise", "draft")
+_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask", "renoise", "draft")
 
 
 def _divisors(n: int) -> list[int]:
@@ -311,9 +316,9 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
             entries[matches[0]][option] = value
             data[head] = entries
             continue
-        if head not in ("score", "select", "edit", "remask", "draft") or len(parts) != 2:
+        if head not in _SINGLE_POINTS or len(parts) != 2:
             raise ConfigError(f"override {key!r}: {head!r} takes no sub-keys"
-                              if head not in ("score", "select", "edit", "remask", "draft")
+                              if head not in _SINGLE_POINTS
                               else f"override {key!r}: use {head}.<option>")
         entry = ComponentConfig.of(data.get(head))
         if entry is None:

@@ -26,8 +26,12 @@ class DecodeSession:
         self.attention_mask = attention_mask  # (B, T) long, 0 on left padding
 
     def initial_noise(self, batch: int, length: int, generators: list[torch.Generator]) -> torch.Tensor:
-        """Tokens that fill undecided positions: ``[MASK]`` for masked-diffusion models
-        (uniform-noise models draw random tokens from the per-row ``generators``)."""
+        """``(batch, length)`` long tokens that fill undecided positions, one row per generator:
+        ``[MASK]`` for masked-diffusion models; uniform-noise models draw random tokens from the
+        rows' ``generators``. The loop asks when a block starts (for the rows still decoding)
+        and when positions are reopened (for the rows that reopen some), so a row draws in the
+        same order alone as in a batch; a block's positions hold ``[MASK]`` (token 0 for a model
+        without one) before the block starts."""
         return torch.full((batch, length), self.denoiser.mask_id, dtype=torch.long,
                           device=self.attention_mask.device)
 
@@ -57,6 +61,9 @@ class Denoiser:
     mask_id: int | None
     vocab_size: int
     name: str = "model"
+    #: the block length a model decodes in (DiffusionGemma's canvas): the default when neither
+    #: the strategy nor the caller sets one; None: any
+    block_length: int | None = None
 
     def start_session(self, attention_mask: torch.Tensor) -> DecodeSession:
         raise NotImplementedError

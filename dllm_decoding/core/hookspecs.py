@@ -9,10 +9,11 @@ There are two kinds of hooks:
 * **Discovery hooks** (``dllm_decoding_*``) are implemented by plugin *modules* (built-in ones in
   ``dllm_decoding.plugins`` and third-party ones found through the ``dllm_decoding`` entry-point
   group). They tell the framework which components exist.
-* **Component hooks** (``fuse``, ``score``, ``select``, ``remask`` and the ``on_*`` lifecycle
-  hooks) are implemented by *component instances*: a strategy names one component per hook point
-  (several, in order, for ``fuse``), the core instantiates them with their validated options and
-  calls them once per step with batched tensors, never per token.
+* **Component hooks** (``fuse``, ``score``, ``select``, ``edit``, ``remask``, ``renoise``,
+  ``draft`` and the ``on_*`` lifecycle hooks) are implemented by *component instances*: a
+  strategy names one component per hook point (several, in order, for ``fuse``), the core
+  instantiates them with their validated options and calls them once per step with batched
+  tensors, never per token.
 
 Tensor conventions for component hooks: ``B`` rows, ``L = block_length`` positions of the
 current block, ``V`` vocabulary entries. **Step hooks see the current block only**: logits are
@@ -142,6 +143,29 @@ def remask(state, proposal, commit):
         has used ``max_steps_per_block`` steps, so every decode ends.
 
     First result wins; at most one remask component per strategy.
+    """
+
+
+@hookspec(firstresult=True)
+def renoise(state, proposal, commit):
+    """Uniform-noise decoding: the tokens the block's still-open positions hold for the next
+    forward (DiffusionGemma's sampler keeps the sampled token where it accepts one and draws a
+    fresh random token everywhere else, every step).
+
+    :param state: the decode state, *after* this step's commits and remasks were applied.
+    :param proposal: this step's proposal.
+    :param commit: bool ``(B, L)``: the block positions committed in this step.
+    :return: long tensor ``(B, L)`` of token ids in ``[0, vocab_size)``, or None (keep the
+        current tokens). The core writes them at the block positions still open in active rows;
+        it calls the hook in every step of every active row, also in a row's last step of the
+        block, so a component that draws random tokens draws in the same order as a reference
+        loop that renoises before it checks whether to stop.
+
+    With a ``renoise`` component every open position is re-decided each step, so the core's
+    one-commit-per-step guarantee does not apply: ``select`` may commit nothing (or the whole
+    block at once, when its stopping rule fires), and a block ends at the latest after
+    ``max_steps_per_block`` steps, when every position still open commits its proposed token.
+    First result wins; at most one renoise component per strategy.
     """
 
 

@@ -23,7 +23,7 @@ from .errors import InputError, ModelError
 from .inputs import check_prompt
 from .manager import PluginRegistry, get_registry
 from .pipeline import (Pipeline, cached_pipeline, check_committed_tokens, check_mask, check_proposal,
-                       tracer)
+                       check_tokens, tracer)
 from .state import DecodeState, GenerateOutput, Proposal, StepRecord
 
 # --------------------------------------------------------------------------- the loop
@@ -63,6 +63,8 @@ def generate(model: Any, prompt_ids: Any, strategy: str | Path | Mapping[str, An
             merged[key] = value
     strat = load_strategy(strategy, merged, registry)
     denoiser = as_denoiser(model)
+    if strat.block_length is None and denoiser.block_length is not None:  # a model trained on fixed blocks
+        strat = load_strategy(strategy, {**merged, "block_length": denoiser.block_length}, registry)
     prompt, prompt_mask, given = check_prompt(prompt_ids, attention_mask, denoiser.mask_id, denoiser.vocab_size)
     eos_id = check_eos_id(eos_id, denoiser.vocab_size)
     check_decode_size(prompt.shape[0], prompt.shape[1] + strat.gen_length, denoiser.vocab_size)
@@ -119,19 +121,23 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     generators = [torch.Generator(device=device).manual_seed(s) for s in _row_seeds(seed, batch)]
     attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, gen_len)], dim=1)
     session = denoiser.start_session(attention_mask)
-    noise = session.initial_noise(batch, gen_len, generators)
+    # a block's noise is drawn when the block starts (see DecodeSession.initial_noise); until then
+    # its positions hold [MASK], or token 0 for a model without one
+    placeholder = prompt.new_full((batch, gen_len), mask_id if mask_id is not None else 0)
+    remask_budget = strat.max_steps_per_block or 2 * block_len  # remask and edit stop after it
     open_ = torch.cat([torch.zeros(batch, prompt_len, dtype=torch.bool, device=device),
                        torch.ones(batch, gen_len, dtype=torch.bool, device=device)], dim=1)
     state = DecodeState(
-        canvas=torch.cat([prompt, noise.to(device)], dim=1), open=open_, attention_mask=attention_mask,
+        canvas=torch.cat([prompt, placeholder], dim=1), open=open_, attention_mask=attention_mask,
         prompt_length=prompt_len, gen_length=gen_len, block_length=block_len,
         steps_per_block=strat.steps_per_block, mask_id=mask_id, vocab_size=vocab,
         temperature=strat.temperature, generators=generators, eos_id=None if eos_id is None else eos_id[0],
         active_rows=torch.ones(batch, dtype=torch.bool, device=device),
-        finished_rows=torch.zeros(batch, dtype=torch.bool, device=device), forwards_per_row=[0] * batch)
-    remask_budget = strat.max_steps_per_block or 2 * block_len  # remask and edit stop after it
+        finished_rows=torch.zeros(batch, dtype=torch.bool, device=device), forwards_per_row=[0] * batch,
+        max_steps_per_block=remask_budget)
     eos_ids = None if eos_id is None else torch.tensor(eos_id, device=device)
     has_edit = pipeline.has("edit")
+    renoises = pipeline.has("renoise")  # every open position is re-decided each step
     drafts = DraftCache() if pipeline.has("draft") else None
     if drafts is not None:
         check_drafting_model(denoiser)
@@ -145,6 +151,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         state.block_index, state.block_step = block, 0
         start, end = state.block_start, state.block_end
         session.start_block(start, end)
+        _draw_block_noise(state, session, denoiser.name)
         if drafts is not None:
             drafts.reset()
         pipeline.broadcast("on_block_start", state=state)
@@ -189,10 +196,14 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             comp, chosen = pipeline.first("select", state=state, proposal=proposal)
             commit = check_mask(comp, "select", chosen, (batch, block_len)) & selectable
             committed = commit.sum(dim=1).tolist()
-            stalled = [o and c == 0 for o, c in zip(had_open, committed)]
-            if any(stalled):  # progress guarantee: the most confident open position
-                commit = commit | _most_confident(proposal.confidence, selectable, stalled)
-                committed = [c + s for c, s in zip(committed, stalled)]
+            if renoises:  # no per-step progress: the block ends at the budget, all at once
+                if state.block_step + 1 >= remask_budget:
+                    commit, committed = selectable, list(open_left)
+            else:
+                stalled = [o and c == 0 for o, c in zip(had_open, committed)]
+                if any(stalled):  # progress guarantee: the most confident open position
+                    commit = commit | _most_confident(proposal.confidence, selectable, stalled)
+                    committed = [c + s for c, s in zip(committed, stalled)]
             check_committed_tokens(proposal, commit, logits, fused, pipeline, scorer, state)
             open_left = [n - c for n, c in zip(open_left, committed)]
             block_tokens = torch.where(commit, proposal.tokens, state.block_canvas)
@@ -216,11 +227,19 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     reopen = check_mask(comp, "remask", chosen, (batch, block_len)) & decided
                     reopen = _keep_one_decided(reopen, decided)
                     reopened = reopen.sum(dim=1).tolist()
-                    if any(reopened):
-                        fresh = session.initial_noise(batch, block_len, generators).to(device)
+                    if any(reopened):  # only the rows that reopen draw noise
+                        drawing = [row for row, n in enumerate(reopened) if n]
+                        fresh = block_tokens.index_copy(0, torch.tensor(drawing, device=device), _noise(
+                            session, [generators[row] for row in drawing], block_len, vocab, denoiser.name))
                         block_tokens = torch.where(reopen, fresh, block_tokens)
                         block_open = block_open | reopen
                         open_left = [n + r for n, r in zip(open_left, reopened)]
+            if renoises:
+                state.canvas, state.open = _with_block(state, block_tokens, block_open)
+                comp, tokens = pipeline.first("renoise", state=state, proposal=proposal, commit=commit)
+                if tokens is not None:
+                    tokens = check_tokens(comp, "renoise", tokens, (batch, block_len), vocab)
+                    block_tokens = torch.where(block_open, tokens, block_tokens)
             state.canvas, state.open = _with_block(state, block_tokens, block_open)
             if drafts is not None and any(n > 0 for n in open_left):
                 calls += _draft_and_verify(pipeline, state, proposal, commit, drafts, session, open_left,
@@ -280,6 +299,29 @@ def _edits(pipeline: Pipeline, state: DecodeState, proposal: Proposal, commit: t
     edited = check_mask(comp, "edit", chosen, tuple(commit.shape)) & decided_before & (proposal.tokens != block_tokens)
     check_committed_tokens(proposal, edited, logits, fused, pipeline, scorer, state)
     return edited
+
+
+def _noise(session: DecodeSession, generators: list[torch.Generator], length: int, vocab: int,
+           name: str) -> torch.Tensor:
+    """``(len(generators), length)`` tokens from the session's ``initial_noise``, checked."""
+    noise = session.initial_noise(len(generators), length, generators)
+    if (not isinstance(noise, torch.Tensor) or noise.dtype != torch.long
+            or tuple(noise.shape) != (len(generators), length)):
+        raise ModelError(f"model {name!r}: initial_noise must return a long tensor of shape "
+                         f"{(len(generators), length)}, got {noise!r:.80}")
+    if bool(((noise < 0) | (noise >= vocab)).any()):
+        raise ModelError(f"model {name!r}: initial_noise returned token ids outside the vocabulary [0, {vocab})")
+    return noise
+
+
+def _draw_block_noise(state: DecodeState, session: DecodeSession, name: str) -> None:
+    """Fill the starting block of every row still decoding with the session's noise."""
+    rows = (~state.finished_rows).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    block = state.block_canvas.index_copy(0, rows, _noise(session, [state.generators[r] for r in rows.tolist()],
+                                                          state.block_length, state.vocab_size, name).to(state.device))
+    state.canvas, state.open = _with_block(state, block, state.selectable)
 
 
 def _with_block(state: DecodeState, block_tokens: torch.Tensor, block_open: torch.Tensor

@@ -17,7 +17,7 @@ from .errors import ModelError, PluginError
 from .manager import PluginRegistry
 from .state import DecodeState, Proposal
 
-STEP_HOOKS = ("fuse", "score", "select", "edit", "remask", "draft")
+STEP_HOOKS = ("fuse", "score", "select", "edit", "remask", "renoise", "draft")
 LIFECYCLE_HOOKS = ("on_decode_start", "on_block_start", "on_step_end", "on_decode_end")
 
 
@@ -147,6 +147,16 @@ def check_mask(comp: Component, hook: str, value: Any, shape: tuple[int, ...]) -
     if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or tuple(value.shape) != shape:
         raise PluginError(f"component {comp.name!r}: {hook} must return a bool tensor of shape "
                           f"{shape}, got {_describe(value)}{BLOCK_WIDTH_HINT}")
+    return value
+
+
+def check_tokens(comp: Component, hook: str, value: Any, shape: tuple[int, ...], vocab: int) -> torch.Tensor:
+    """A hook's token ids: a long tensor of ``shape`` inside the vocabulary (one sync)."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.long or tuple(value.shape) != shape:
+        raise PluginError(f"component {comp.name!r}: {hook} must return a long tensor of shape "
+                          f"{shape}, got {_describe(value)}{BLOCK_WIDTH_HINT}")
+    if bool(((value < 0) | (value >= vocab)).any()):
+        raise PluginError(f"component {comp.name!r}: {hook} returned token ids outside the vocabulary [0, {vocab})")
     return value
 
 

@@ -41,6 +41,7 @@ class DecodeState:
     temperature: float
     generators: list[torch.Generator]  # one per row, on the canvas's device: a row decodes alike alone or in a batch
     eos_id: int | None = None  # the (first) EOS id that fills a finished row
+    max_steps_per_block: int = 0  # the hard budget: remask and edit stop, a renoising block ends
     block_index: int = 0
     block_step: int = 0  # steps taken in the current block
     step: int = 0  # steps taken in the whole decode

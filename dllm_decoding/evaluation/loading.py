@@ -11,6 +11,7 @@ from typing import Any
 from ..core.errors import ConfigError, ModelError
 from ..models import HFMaskedDiffusionModel, PerturbedLogits
 from ..models.families import check_generic_checkpoint, family_of, load_tokenizer, read_config
+from ..models.diffusion_gemma import MODEL_TYPE as DIFFUSION_GEMMA
 from ..models.families import load_model as load_family_model
 from ..models.placement import resolve_device, resolve_dtype
 from ..models.families import quiet_loading
@@ -70,6 +71,17 @@ def load_model(name: str, *, logit_temperature: float = 1.0, logit_noise: float 
         check_checkpoint_dir(name)
     if is_reference_checkpoint(name) or not Path(name).is_dir():  # its loader names what is wrong
         model, tokenizer = load_reference_model(None if name == "reference" else name)
+    elif read_config(name).get("model_type") == DIFFUSION_GEMMA:
+        refused = [flag for flag, given in (("--kv-cache", kv_cache is not None), ("--mask-id", mask_id is not None),
+                                            ("--shift-logits", shift_logits),
+                                            ("--logit-temperature / --logit-noise",
+                                             logit_temperature != 1.0 or bool(logit_noise))) if given]
+        if refused:
+            raise ConfigError(f"--model {name}: DiffusionGemma is a uniform-noise model with its own encoder cache "
+                              f"and no mask token; {', '.join(refused)} appl{'y' if len(refused) > 1 else 'ies'} to "
+                              f"masked-diffusion models only: drop {'them' if len(refused) > 1 else 'it'}")
+        model = load_family_model(name, device=device, dtype=dtype)
+        return model, load_tokenizer(name, None)
     elif (family := family_of(read_config(name))) is not None and not trust_remote_code:
         # LLaDA, Dream: our own classes, no remote code; mask id, EOS ids and logit shift from the family
         model = load_family_model(name, mask_id=mask_id, device=device, dtype=dtype)

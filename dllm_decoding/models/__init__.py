@@ -9,11 +9,12 @@ itself with :func:`~dllm_decoding.core.denoiser.register_model_adapter`.
 from ..core.denoiser import DecodeSession, Denoiser, as_denoiser, check_logits
 from .callable import CallableModel, as_model
 from .hf import KV_CACHE_MODES, HFMaskedDiffusionModel
+from .diffusion_gemma import DiffusionGemmaModel  # after .hf: its adapter is asked first
 from .dream import DreamConfig, DreamForDiffusionLM
 from .families import FAMILIES, load_model
 from .llada import LLaDAConfig, LLaDAForDiffusionLM
 from .perturbed import PerturbedLogits
 
-__all__ = ["FAMILIES", "KV_CACHE_MODES", "CallableModel", "DecodeSession", "Denoiser", "DreamConfig",
+__all__ = ["FAMILIES", "KV_CACHE_MODES", "CallableModel", "DecodeSession", "Denoiser", "DiffusionGemmaModel", "DreamConfig",
            "DreamForDiffusionLM", "HFMaskedDiffusionModel", "LLaDAConfig", "LLaDAForDiffusionLM",
            "PerturbedLogits", "as_denoiser", "as_model", "check_logits", "load_model"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError, ModelError
-from . import dream, llada
+from . import diffusion_gemma, dream, llada
 from .placement import resolve_device, resolve_dtype
 
 
@@ -190,7 +190,8 @@ def quiet_loading():
 
 def load_model(path: str | Path, *, mask_id: int | None = None, dtype: Any = None, device: Any = None) -> Any:
     """Our model class for the checkpoint directory ``path``, picked by config.json's
-    ``model_type`` (LLaDA: "llada", Dream: "Dream"), in eval mode, with ``config.mask_token_id``
+    ``model_type`` (LLaDA: "llada", Dream: "Dream"; DiffusionGemma, "diffusion_gemma", loads
+    through transformers' own class, see :mod:`.diffusion_gemma`), in eval mode, with ``config.mask_token_id``
     and ``eos_token_ids`` set from the family. ``dd.generate(model, ...)`` then decodes with
     the family's logit alignment; ``dd.HFMaskedDiffusionModel(model, kv_cache="dual")`` adds
     Fast-dLLM's key-value cache. ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``,
@@ -201,6 +202,11 @@ def load_model(path: str | Path, *, mask_id: int | None = None, dtype: Any = Non
     target_dtype = resolve_dtype(dtype, target_device or torch.device("cpu")) if dtype is not None else None
     path = Path(path)
     config = read_config(path)
+    if config.get("model_type") == diffusion_gemma.MODEL_TYPE:  # transformers' own class; no [MASK]
+        if mask_id is not None:
+            raise ConfigError(f"{path}: mask_id={mask_id}, but DiffusionGemma is a uniform-noise model without a "
+                              f"mask token; drop mask_id (--mask-id)")
+        return diffusion_gemma.load_diffusion_gemma(path, dtype=target_dtype, device=target_device)
     family, config_object = check_family_checkpoint(path, config)
     config_object.mask_token_id = resolve_mask_id(path, config, family, mask_id)
     with quiet_loading():
