@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -219,3 +220,123 @@ def saber_generate(fn, prompt, *, gen_length, mask_id, n=2, max_steps=10**9):
         if quota > 0 and nfe < max_steps:
             reopen = torch.topk(-drop[0], k=quota).indices
             x[0, reopen] = mask_id
+
+
+def local_leap_generate(fn, prompt, *, gen_length, block_length, mask_id, threshold=0.9, relaxed_threshold=0.75,
+                        radius=4):
+    """LocalLeap's LLaDA ``generate.py::generate`` with ``get_transfer_index`` (threshold mode,
+    no cache), temperature 0.
+
+    Per step until the block has no mask: float64 softmax probability of the argmax at the
+    masked positions up to the block end (-inf elsewhere); ``torch.topk`` over the canvas row
+    with k = the masked count. Anchors: masked positions with probability >= threshold; their
+    neighbourhood: canvas columns within ``radius`` of one. The first ranked position always
+    commits; each later one is dropped when below its threshold: ``relaxed_threshold`` inside a
+    neighbourhood (only if there are anchors), ``threshold`` elsewhere.
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    nfe = 0
+    for block in range(gen_length // block_length):
+        hi = p + (block + 1) * block_length
+        while bool((x[:, hi - block_length:hi] == mask_id).any()):
+            masked = x == mask_id
+            masked[:, hi:] = False
+            logits = fn(x)
+            nfe += 1
+            x0 = logits.argmax(-1)
+            conf = F.softmax(logits.to(torch.float64), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+            conf = torch.where(masked, conf, NEG_INF)[0]
+            n = int(masked.sum())
+            order = torch.topk(conf, k=n).indices.tolist()
+            anchors = [i for i in range(x.shape[1]) if masked[0, i] and conf[i] >= threshold]
+            near = {j for a in anchors for j in range(max(0, a - radius), min(x.shape[1], a + radius + 1))}
+            keep = [order[0]]
+            for i in order[1:]:
+                bound = relaxed_threshold if anchors and i in near else threshold
+                if conf[i] >= bound:
+                    keep.append(i)
+            x[0, keep] = x0[0, keep]
+    return x, nfe
+
+
+def slow_fast_generate(fn, prompt, *, gen_length, block_length, mask_id, explore_steps=6, span_threshold=0.3,
+                       high_threshold=0.9, window=2, stability=1.0, end_explore_when_stable=False,
+                       truncate_fast=False):
+    """LiangrunFlora/Slow-Fast-Sampling ``sampling_utils/generate_slow_fast_sampling.py::
+    generate_slow_fast_sampling`` (no cfg, no feature cache), temperature 0, one row.
+
+    Per block, cycles while the block has a mask; a cycle's span starts at ``last`` (0 first),
+    its end ``actual`` starts at the block length. Slow phase, ``explore_steps`` forwards: argmax
+    of ``exp(logits)``; probability = softmax in the logits' dtype; confidence -inf where not
+    masked. Unless the end is fixed: estimate = ``last`` + 1 + the offset of the farthest
+    position of ``[last, block end)`` with confidence >= ``span_threshold`` (``last + 1`` if none),
+    pushed into a deque of ``window``; a full deque with ``np.std < stability`` fixes the end at
+    the estimate, and at the last slow step an unfixed full deque fixes it at ``int(mean)``.
+    Every slow step commits the masks of ``[last, block end)`` with confidence >=
+    ``high_threshold`` if there are at least two, else ``torch.topk(k=1)`` of that slice. After
+    the slow phase an unfixed end is ``int(mean(deque))``. Fast phase, while ``[last, actual)``
+    has a mask: the same commit rule within ``[last, actual)``. Then ``last = actual``.
+
+    Restated (docs/reference-equivalence.md): (1) a slow phase stops once the block is full (the
+    reference spends its remaining slow forwards, which commit nothing); (2) the reference's
+    fast-phase forwards after the first one see the canvas truncated at the span end (the rest
+    cached from the first); ``truncate_fast=True`` does that, the default forwards the whole
+    canvas, as our loop does; (3) ``end_explore_when_stable`` is the paper's rule (the slow phase
+    ends at the first stable estimate), not in the code. ``max_sub_cycles_per_block`` (256) is
+    never reached here (each cycle advances the span by at least one position).
+    """
+    b, p = prompt.shape
+    assert b == 1
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    nfe = 0
+
+    def forward(ids, cut=None):
+        logits = fn(ids if cut is None else ids[:, :cut])
+        x0 = torch.exp(logits).argmax(-1)
+        prob = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+        return x0, torch.where(ids[:, :logits.shape[1]] == mask_id, prob, NEG_INF)
+
+    def commit(x0, conf, lo, hi):
+        scope = conf[0, lo:hi]
+        high = [lo + i for i in range(hi - lo) if bool(scope[i] >= high_threshold)]
+        chosen = high if len(high) > 1 else [lo + int(torch.topk(scope, k=1).indices[0])]
+        for i in chosen:
+            x[0, i] = x0[0, i]
+
+    for block in range(gen_length // block_length):
+        lo = p + block * block_length
+        last, actual = 0, block_length
+        while bool((x[:, lo:lo + block_length] == mask_id).any()):
+            history, fixed = [], False
+            for step in range(explore_steps):
+                if not bool((x[:, lo:lo + block_length] == mask_id).any()):
+                    break  # (1)
+                x0, conf = forward(x)
+                nfe += 1
+                if not fixed:
+                    scope = conf[0, lo + last:lo + block_length]
+                    above = (scope >= span_threshold).nonzero().flatten()
+                    estimate = min(max(1, last + (int(above.max()) + 1 if above.numel() else 1)), block_length)
+                    history = (history + [estimate])[-window:]
+                    if len(history) >= window:
+                        if float(np.std(np.array(history))) < stability:
+                            actual, fixed = history[-1], True
+                        elif step == explore_steps - 1:
+                            actual, fixed = max(1, min(int(np.mean(np.array(history))), block_length)), True
+                if bool((x[0, lo + last:lo + block_length] == mask_id).any()):
+                    commit(x0, conf, lo + last, lo + block_length)
+                if fixed and end_explore_when_stable:
+                    break  # (3)
+            if not fixed:
+                actual = max(1, min(int(np.mean(np.array(history))), block_length)) if history else block_length // 2
+            first = True
+            while bool((x[0, lo + last:lo + actual] == mask_id).any()):
+                cut = None if first or not truncate_fast else lo + actual
+                x0, conf = forward(x, cut)
+                nfe += 1
+                first = False
+                commit(x0, conf, lo + last, lo + actual)
+            last = actual
+    return x, nfe

@@ -59,6 +59,9 @@ SWEEPS: dict[str, list[Setting]] = {
         *[Setting("remdm_cap", {"select.eta": eta, "remask.eta": eta}) for eta in (0.02, 0.1)],
         *_sweep("joint_threshold", "select.threshold", [0.5, 0.9]),
         *_sweep("freedave", "draft.depth", [4, 8]),
+        *_sweep("local_leap", "select.relaxed_threshold", [0.5, 0.75]),
+        Setting("slow_fast"),
+        Setting("slow_fast", {"select.explore_steps": 8, "select.span_threshold": 0.1, "select.high_threshold": 0.85}),
     ],
     "quick": [
         *_sweep("llada_low_confidence", "select.k", [1, 8]),
