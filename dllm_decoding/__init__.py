@@ -8,7 +8,7 @@
 from .core.components import Component, FiniteFloat, NoOptions, OptionsModel, StrictInt
 from .core.errors import ConfigError, DecodingError, InputError, ModelError, PluginError, PluginWarning
 from .core.hookspecs import hookimpl, hookspec
-from .core.state import DecodeState, GenerateOutput, Proposal, StepRecord
+from .core.state import DecodeState, Extension, GenerateOutput, Proposal, StepRecord
 from .core.denoiser import DecodeSession, Denoiser
 from .core.manager import get_registry, make_plugin_manager, reset_default_registry
 from .core.config import Strategy, list_strategies, load_strategy
@@ -19,7 +19,7 @@ from .text import TextOutput, generate_text
 
 __all__ = [
     "CallableModel", "Component", "ConfigError", "DecodeSession", "DecodeState", "DecodingError",
-    "Denoiser", "FiniteFloat", "GenerateOutput", "HFMaskedDiffusionModel", "InputError", "ModelError",
+    "Denoiser", "Extension", "FiniteFloat", "GenerateOutput", "HFMaskedDiffusionModel", "InputError", "ModelError",
     "NoOptions", "OptionsModel", "PluginError", "PluginWarning", "Proposal", "StepRecord", "Strategy", "StrictInt", "TextOutput",
     "Trace", "TraceRecorder", "as_model", "generate", "generate_text", "get_registry", "hookimpl", "hookspec", "list_strategies",
     "load_model", "load_strategy", "make_plugin_manager", "reset_default_registry",

@@ -117,9 +117,28 @@ class _ContextSession(DecodeSession):
         weights = den.position_weight.to(canvas.device)[position]  # (b, T) int64
         # exact integer context summary: unaffected by left padding (pads weigh 0)
         context = ((canvas * weights * mask).sum(dim=1) % 997).to(torch.float64)  # (b,)
-        phase = den.phase.to(canvas.device)[position]  # (b, T, V)
-        frequency = den.frequency.to(canvas.device)
-        logits = (den.scale * torch.sin(context[:, None, None] * frequency + phase)).to(den.dtype)
+        return self._logits(context[:, None], position)
+
+    def forward_extended(self, canvas, rows, extension):
+        """Each extra position's context is the weighted sum of what it sees (the canvas
+        columns ``extension.sees`` names, real tokens only, and every extra position), at the
+        position of its column; the canvas' logits are the plain forward's."""
+        den: ContextModel = self.denoiser  # type: ignore[assignment]
+        mask = self.rows_mask(rows)
+        position = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        weights = den.position_weight.to(canvas.device)[position]
+        extra_position = position.gather(1, extension.positions)
+        extra_weights = den.position_weight.to(canvas.device)[extra_position]
+        seen = ((canvas * weights * mask)[:, None, :] * extension.sees).sum(dim=2)  # (b, E)
+        context = ((seen + (extension.tokens * extra_weights).sum(dim=1, keepdim=True)) % 997).to(torch.float64)
+        return self.forward(canvas, rows), self._logits(context, extra_position)
+
+    def _logits(self, context: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """``(b, n, V)`` logits for contexts ``(b, n)`` (or ``(b, 1)``) at positions ``(b, n)``."""
+        den: ContextModel = self.denoiser  # type: ignore[assignment]
+        phase = den.phase.to(position.device)[position]  # (b, n, V)
+        frequency = den.frequency.to(position.device)
+        logits = (den.scale * torch.sin(context[..., None] * frequency + phase)).to(den.dtype)
         if den.mask_id is not None:
             logits[..., den.mask_id] = NEG_INF
         return logits

@@ -340,3 +340,67 @@ def slow_fast_generate(fn, prompt, *, gen_length, block_length, mask_id, explore
                 commit(x0, conf, lo + last, lo + actual)
             last = actual
     return x, nfe
+
+
+def wino_generate(fn, prompt, *, gen_length, block_length, mask_id, attention_mask=None, wide_in=0.6,
+                  narrow_out=0.9, n=1):
+    """d2Cache ``src/generation/wino.py::wino_generate`` (alg ``maskgit_plus``, temperature 0,
+    no sigma). ``fn(x, mask, position_ids) -> logits`` runs the model on ``x`` with a 4-D bool
+    mask ``(1, 1, S, S)`` (query x key) and explicit positions.
+
+    Each step: the canvas plus a block of [MASK] (the shadow block) at the end; positions count
+    real tokens ((cumsum - 1) * mask), the shadow takes the block's; every query sees every real
+    key, except that no canvas query sees the shadow and shadow position j does not see block
+    column j. Masked block positions use the canvas' logits, decided ones the shadow's (float64
+    softmax). Wide in: masked positions with confidence >= wide_in; more than
+    cap = max(n, clamp(int(0.7 * masked), 5, 20)) -> top-cap; fewer than n -> top-n (topk over
+    the block, -inf outside the masks). Narrow out: positions decided before the step whose
+    shadow probability of their token is < narrow_out; if more than k = wide-in count - n, the k
+    least probable (k = 0: none). Loop while the block has masks.
+    """
+    b, p = prompt.shape
+    assert b == 1
+    real = torch.ones(1, p, dtype=torch.long) if attention_mask is None else attention_mask.clone()
+    real = torch.cat([real, torch.ones(1, gen_length, dtype=torch.long)], dim=1)
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    total = x.shape[1]
+    positions = (torch.cumsum(real, dim=1) - 1) * real
+    nfe = 0
+    for block in range(gen_length // block_length):
+        start, end = p + block * block_length, p + (block + 1) * block_length
+        while bool((x[0, start:end] == mask_id).any()):
+            masked = x[0, start:end] == mask_id
+            ids = torch.cat([x, torch.full((1, block_length), mask_id)], dim=1)
+            pos = torch.cat([positions, positions[:, start:end]], dim=1)
+            keys = torch.cat([real, torch.ones(1, block_length, dtype=torch.long)], dim=1).bool()
+            mask = keys[:, None, None, :].expand(1, 1, total + block_length, total + block_length).clone()
+            mask[:, :, :total, total:] = False
+            mask[:, :, total:, start:end] &= ~torch.eye(block_length, dtype=torch.bool)
+            logits = fn(ids, mask, pos)
+            nfe += 1
+            combined = torch.where(masked[:, None], logits[0, start:end], logits[0, total:]).to(torch.float64)
+            probs = torch.softmax(combined, dim=-1)
+            conf, x0 = probs.max(dim=-1)
+            current = probs.gather(-1, x[0, start:end, None]).squeeze(-1)
+            confidence = torch.where(masked, conf, current)
+            scores = torch.where(masked, confidence, NEG_INF)
+            count = int(masked.sum())
+            cap = max(min(max(int(count * 0.7), 5), 20), n)
+            chosen = (scores >= wide_in).nonzero().flatten()
+            if chosen.numel() > cap:
+                chosen = torch.topk(scores, min(count, cap)).indices
+            elif chosen.numel() < n:
+                chosen = torch.topk(scores, min(count, n)).indices
+            wide = int(chosen.numel())
+            shadow = torch.where(~masked, confidence, float("inf"))
+            remask = shadow < narrow_out
+            target = max(wide - n, 0)
+            if int(remask.sum()) > target:
+                remask = torch.zeros_like(remask)
+                if target > 0:
+                    remask[torch.topk(shadow, target, largest=False).indices] = True
+            block_tokens = x[0, start:end].clone()
+            block_tokens[chosen] = x0[chosen]
+            block_tokens[remask] = mask_id
+            x[0, start:end] = block_tokens
+    return x, nfe

@@ -26,6 +26,10 @@ class _BlockOnlySession(DecodeSession):
         full = self.denoiser.inner.start_session(self.rows_mask(rows)).forward(canvas, None)
         return full[:, self.block[0]:self.block[1]].clone()
 
+    def forward_extended(self, canvas, rows, extension):
+        full, extra = self.denoiser.inner.start_session(self.rows_mask(rows)).forward_extended(canvas, None, extension)
+        return full[:, self.block[0]:self.block[1]].clone(), extra
+
 
 class BlockOnly(Denoiser):
     def __init__(self, inner):
@@ -64,8 +68,9 @@ def test_nothing_is_created_off_the_canvas_device(preset, kv_cache):
     """Decoding CPU tensors inside ``torch.device("meta")``: any tensor created without an
     explicit device lands on meta and fails loudly when it meets the CPU canvas."""
     model = dd.HFMaskedDiffusionModel(_tiny_reference(), kv_cache=kv_cache) if kv_cache else ContextModel(11, seed=1)
-    if kv_cache and dd.load_strategy(preset).draft is not None:  # refused up front, by design
-        with pytest.raises(dd.InputError, match="key-value cache"):
+    strategy = dd.load_strategy(preset)
+    if kv_cache and (strategy.draft is not None or strategy.extend is not None):  # refused, by design
+        with pytest.raises(dd.InputError, match="key-value cache|kv_cache"):
             dd.generate(model, [[3, 4]], preset, gen_length=2)
         return
     prompt = torch.tensor([[3, 4, 5], [1, 6, 7]])

@@ -15,8 +15,8 @@ from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Strict
 
 from .errors import ConfigError
 
-HookPoint = Literal["fuse", "score", "select", "edit", "remask", "renoise", "draft", "observer"]
-HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "observer")
+HookPoint = Literal["fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend", "observer"]
+HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend", "observer")
 
 
 # --------------------------------------------------------------------------- strict option types

@@ -90,6 +90,7 @@ class Strategy(BaseModel):
     edit: ComponentConfig | None = None
     remask: ComponentConfig | None = None
     renoise: ComponentConfig | None = None
+    extend: ComponentConfig | None = None
     draft: ComponentConfig | None = None
     observers: list[ComponentConfig] = Field(default_factory=list)
     gen_length: StrictInt = Field(64, gt=0, description="answer positions to generate")
@@ -126,7 +127,7 @@ class Strategy(BaseModel):
             value = [value]
         return [ComponentConfig.of(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    @field_validator("score", "select", "edit", "remask", "renoise", "draft", mode="before")
+    @field_validator("score", "select", "edit", "remask", "renoise", "draft", "extend", mode="before")
     @classmethod
     def _component(cls, value: Any) -> Any:
         return ComponentConfig.of(value)
@@ -171,6 +172,8 @@ class Strategy(BaseModel):
             out.append(("renoise", self.renoise))
         if self.draft is not None:
             out.append(("draft", self.draft))
+        if self.extend is not None:
+            out.append(("extend", self.extend))
         out += [(f"observers.{c.use}", c) for c in self.observers]
         return out
 
@@ -203,8 +206,9 @@ class Strategy(BaseModel):
 
 
 #: hook points a strategy names one component for (addressed as ``point.option`` in overrides)
-_SINGLE_POINTS = ("score", "select", "edit", "remask", "renoise", "draft")
-_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask", "renoise", "draft")
+_SINGLE_POINTS = ("score", "select", "edit", "remask", "renoise", "draft", "extend")
+_NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask", "renoise", "draft",
+                    "extend")
 
 
 def _divisors(n: int) -> list[int]:

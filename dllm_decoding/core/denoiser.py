@@ -43,6 +43,17 @@ class DecodeSession:
         rows, in order)."""
         raise NotImplementedError
 
+    def forward_extended(self, canvas: torch.Tensor, rows: torch.Tensor | None,
+                         extension: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of ``canvas`` plus an :class:`~dllm_decoding.Extension`'s extra
+        positions (its tensors already for these rows): ``(block or canvas logits, extra
+        positions' logits (b, E, V))``. Canvas positions never attend to extra ones. Models
+        that cannot run it say so."""
+        raise InputError(f"model {self.denoiser.name!r} cannot run a forward with extra positions (an "
+                         f"'extend' component, e.g. WINO's shadow block): its session does not implement "
+                         f"forward_extended; use a model whose forward takes a 4-D attention_mask and "
+                         f"position_ids (the reference model, LLaDA, any Hugging Face model that does)")
+
     def observe_fused(self, logits: torch.Tensor, rows: torch.Tensor | None) -> None:
         """The fused logits ``(b, L, V)`` of this step's block (for self-conditioning models);
         ignored by default (and then never computed)."""

@@ -189,6 +189,25 @@ def draft(state, proposal, commit):
     """
 
 
+@hookspec(firstresult=True)
+def extend(state):
+    """Optionally add extra positions to this step's forward (a forward transform: WINO's
+    shadow block, a copy of the block all ``[MASK]`` in which each position sees everything but
+    its own block column, so one forward also gives every decided token's verification score).
+
+    :param state: the decode state before the step's forward.
+    :return: None, or an :class:`~dllm_decoding.Extension` (``tokens`` ``(B, E)``,
+        ``positions`` ``(B, E)`` canvas columns whose positions they take, ``sees`` ``(B, E, T)``
+        which canvas columns each attends to). The session runs the model once on the canvas
+        plus these positions with a 4-D attention mask in which no canvas position sees an extra
+        one; their logits are ``state.extension_logits`` ``(B, E, V)`` for this step's hooks.
+        Needs a model whose forward takes a 4-D ``attention_mask`` and ``position_ids`` (ours
+        do); not with a key-value cache or drafts. NFE is unchanged (one forward per step).
+
+    First result wins; at most one extend component per strategy.
+    """
+
+
 # --------------------------------------------------------------------------- lifecycle hooks
 
 

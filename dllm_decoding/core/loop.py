@@ -19,12 +19,12 @@ from .components import Component
 from .config import Strategy, load_strategy
 from .denoiser import DecodeSession, as_denoiser, check_logits
 from .drafts import DraftCache, check_drafting_model, check_drafts
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, PluginError
 from .inputs import check_prompt
 from .manager import PluginRegistry, get_registry
 from .pipeline import (Pipeline, cached_pipeline, check_committed_tokens, check_mask, check_proposal,
                        check_tokens, tracer)
-from .state import DecodeState, GenerateOutput, Proposal, StepRecord
+from .state import DecodeState, Extension, GenerateOutput, Proposal, StepRecord
 
 # --------------------------------------------------------------------------- the loop
 
@@ -141,6 +141,10 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     drafts = DraftCache() if pipeline.has("draft") else None
     if drafts is not None:
         check_drafting_model(denoiser)
+    extends = pipeline.has("extend")
+    if extends and drafts is not None:
+        raise InputError("an extend component and a draft component in one strategy: drafted canvases are "
+                         "forwarded without the extra positions, so their steps would lack them; use one")
     calls = 0  # batched model calls
     all_rows = state.active_rows  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
@@ -176,11 +180,18 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             if any(forwarded):
                 ask = rows if forwarded == active_list else torch.tensor(forwarded, device=device).nonzero().squeeze(1)
                 canvas_in = state.canvas if ask is None else state.canvas[ask]
-                logits = _block_logits(session.forward(canvas_in, ask), canvas_in.shape[0], total, start, end,
-                                       vocab, denoiser.name)
+                if extends:
+                    raw, extra = _extended_forward(pipeline, state, session, canvas_in, ask, vocab, denoiser.name)
+                else:
+                    raw = session.forward(canvas_in, ask)
+                logits = _block_logits(raw, canvas_in.shape[0], total, start, end, vocab, denoiser.name)
                 calls += 1
                 if ask is not None:  # hooks see the whole batch; other rows get zeros (or drafts)
                     logits = logits.new_zeros(batch, *logits.shape[1:]).index_copy(0, ask, logits)
+                    if extends:
+                        extra = extra.new_zeros(batch, *extra.shape[1:]).index_copy(0, ask, extra)
+                if extends:
+                    state.extension_logits = extra
             if hit is not None and bool((hit >= 0).any()):  # a drafted canvas: its logits are known
                 reached = (hit >= 0).nonzero().squeeze(1)
                 known = drafts.logits_of(reached, hit)
@@ -260,6 +271,33 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                             gen_length=gen_len, stats={"forward_calls": calls, "steps": state.step})
     pipeline.broadcast("on_decode_end", state=state, output=output)
     return output
+
+
+def _extended_forward(pipeline: Pipeline, state: DecodeState, session: DecodeSession, canvas: torch.Tensor,
+                      rows: torch.Tensor | None, vocab: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward with the extend component's extra positions: (canvas or block logits, the
+    extra positions' checked logits (b, E, V))."""
+    comp, extension = pipeline.first("extend", state=state)
+    batch, total = state.canvas.shape
+    if not isinstance(extension, Extension):
+        raise PluginError(f"component {comp.name!r}: extend must return a dllm_decoding.Extension, got "
+                          f"{type(extension).__name__}")
+    tokens, positions, sees = extension.tokens, extension.positions, extension.sees
+    width = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.dim() == 2 else -1
+    for field, value, shape, dtype in (("tokens", tokens, (batch, width), torch.long),
+                                       ("positions", positions, (batch, width), torch.long),
+                                       ("sees", sees, (batch, width, total), torch.bool)):
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or value.dtype != dtype or width < 1:
+            raise PluginError(f"component {comp.name!r}: Extension.{field} must be a {dtype} tensor of shape "
+                              f"{shape if width > 0 else '(B, E) with E >= 1'}, got {value!r:.60}")
+    if bool(((tokens < 0) | (tokens >= vocab)).any() | ((positions < 0) | (positions >= total)).any()):
+        raise PluginError(f"component {comp.name!r}: Extension tokens must be in [0, {vocab}) and positions "
+                          f"canvas columns in [0, {total})")
+    if rows is not None:
+        extension = Extension(tokens=tokens[rows], positions=positions[rows], sees=sees[rows])
+    logits, extra = session.forward_extended(canvas, rows, extension)
+    extra = check_logits(extra, (canvas.shape[0], width, vocab), name)
+    return logits, extra
 
 
 def _draft_and_verify(pipeline: Pipeline, state: DecodeState, proposal: Proposal, commit: torch.Tensor,

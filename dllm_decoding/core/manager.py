@@ -155,7 +155,7 @@ class PluginRegistry:
 #: by name like pytest's default plugins: the core imports no concrete plugin
 BUILTIN_PLUGINS = ("scoring", "selection", "credit", "remasking", "observers", "presets",
                    "klass", "prophet", "dus", "pc_sampler", "saber", "remdm", "editing", "drafting",
-                   "uniform_noise", "credit_noise")
+                   "uniform_noise", "wino", "local_leap", "slow_fast", "credit_noise")
 
 
 def _builtin_modules() -> list[ModuleType]:

@@ -24,6 +24,21 @@ class Proposal:
     logits: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Extension:
+    """Extra positions one forward sees after the canvas (an ``extend`` component's result).
+
+    ``tokens`` ``(B, E)`` long: their tokens. ``positions`` ``(B, E)`` long: the canvas column
+    whose position (RoPE) each one takes. ``sees`` ``(B, E, T)`` bool: the canvas columns each
+    one attends to (extra positions always attend to one another; padding never). Canvas
+    positions never attend to extra ones, so the canvas' logits are those of the plain forward.
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    sees: torch.Tensor
+
+
 @dataclass
 class DecodeState:
     """Everything one decode knows. Built by the core; plugins read it and keep their memory in
@@ -49,6 +64,9 @@ class DecodeState:
     finished_rows: torch.Tensor | None = None  # (B,) bool: rows done (EOS early stop)
     forwards_per_row: list[int] = field(default_factory=list)  # kept as ints: no tensor op per step
     plugin_state: dict[str, Any] = field(default_factory=dict)
+    #: ``(B, E, V)``: this step's logits of an ``extend`` component's extra positions (zeros for
+    #: inactive rows); None without one
+    extension_logits: Any = None
     _selectable: Any = field(default=None, repr=False, compare=False)
     _left_padding: Any = field(default=None, repr=False, compare=False)
 

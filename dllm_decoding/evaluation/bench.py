@@ -62,6 +62,7 @@ SWEEPS: dict[str, list[Setting]] = {
         *_sweep("local_leap", "select.relaxed_threshold", [0.5, 0.75]),
         Setting("slow_fast"),
         Setting("slow_fast", {"select.explore_steps": 8, "select.span_threshold": 0.1, "select.high_threshold": 0.85}),
+        *_sweep("wino", "select.wide_in_threshold", [0.6, 0.8]),
     ],
     "quick": [
         *_sweep("llada_low_confidence", "select.k", [1, 8]),

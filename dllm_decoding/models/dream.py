@@ -140,12 +140,12 @@ class DreamForDiffusionLM(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 use_cache: bool = False, key_values: KeyValues | None = None, window_start: int = 0,
-                **kwargs: Any) -> DiffusionLMOutput:
+                position_ids: torch.Tensor | None = None, **kwargs: Any) -> DiffusionLMOutput:
         """As :meth:`LLaDAForDiffusionLM.forward` (same cache protocol); logits unshifted."""
         config = self.config
         b, t = input_ids.shape
         total = check_window(key_values, window_start, t)
-        positions, key_mask = positions_and_key_mask(attention_mask, b, total, input_ids.device)
+        positions, key_mask = positions_and_key_mask(attention_mask, b, total, input_ids.device, position_ids)
         cos, sin = rotary_tables(positions[:, window_start:window_start + t],
                                  config.hidden_size // config.num_attention_heads, config.rope_theta)
         x = self.model.embed_tokens(input_ids)

@@ -41,6 +41,36 @@ class _HFSession(DecodeSession):
         logits = out.logits if hasattr(out, "logits") else out[0]
         return _align_next_token_logits(logits) if den.shift_logits else logits
 
+    def forward_extended(self, canvas, rows, extension):
+        """The canvas plus extra positions in one forward: a 4-D boolean attention mask (query x
+        key; padding never attended, canvas queries never see the extra keys, each extra query
+        sees the canvas columns ``extension.sees`` names and every extra key) and position ids
+        (real tokens counted from the first one; an extra position takes its column's)."""
+        den: HFMaskedDiffusionModel = self.denoiser  # type: ignore[assignment]
+        if den.kv_cache is not None:
+            raise InputError("an extend component (extra positions in the forward, e.g. WINO's shadow block) "
+                             "does not run with kv_cache: drop --kv-cache")
+        if den.shift_logits:
+            raise InputError(f"an extend component needs logits aligned with their own positions; {den.name!r} "
+                             f"predicts the next position (shift_logits), so an extra position would get its "
+                             f"neighbour's prediction")
+        if not {"position_ids", "attention_mask"} <= _forward_parameters(_module_class(den.model)):
+            raise InputError(f"an extend component needs a model whose forward takes a 4-D attention_mask and "
+                             f"position_ids; {type(den.model).__name__}.forward does not")
+        real = self.rows_mask(rows).to(torch.long)
+        batch, total = real.shape
+        width = extension.tokens.shape[1]
+        positions = (real.cumsum(dim=1) - 1) * real
+        keys = torch.cat([real.bool(), real.new_ones(batch, width, dtype=torch.bool)], dim=1)
+        mask = keys[:, None, None, :].expand(batch, 1, total + width, total + width).clone()
+        mask[:, :, :total, total:] = False
+        mask[:, :, total:, :total] &= extension.sees[:, None]
+        with torch.no_grad():
+            out = den.model(input_ids=torch.cat([canvas, extension.tokens], dim=1), attention_mask=mask,
+                            position_ids=torch.cat([positions, positions.gather(1, extension.positions)], dim=1))
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return logits[:, :total], logits[:, total:]
+
     def _cached_forward(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """Fast-dLLM's key-value cache: the block's first step runs the whole canvas and keeps
         every layer's keys and values; later steps of the block compute only a window (the block

@@ -150,15 +150,17 @@ class LLaDAForDiffusionLM(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 use_cache: bool = False, key_values: KeyValues | None = None, window_start: int = 0,
-                **kwargs: Any) -> DiffusionLMOutput:
+                position_ids: torch.Tensor | None = None, **kwargs: Any) -> DiffusionLMOutput:
         """``attention_mask`` (B, T) of 0/1 marks real tokens (left padding). Key-value cache:
         ``use_cache=True`` also returns every layer's keys and values; passing them back with
         ``input_ids`` of the window ``[window_start, window_start + L)`` computes only that
-        window against them (logits ``(B, L, V)``; ``attention_mask`` then covers all positions)."""
+        window against them (logits ``(B, L, V)``; ``attention_mask`` then covers all positions).
+        A 4-D boolean ``attention_mask`` ``(B, 1, T, T)`` with ``position_ids`` ``(B, T)`` sets
+        who attends to whom and the positions directly (a forward with extra positions)."""
         config, transformer = self.config, self.model.transformer
         b, t = input_ids.shape
         total = check_window(key_values, window_start, t)
-        positions, key_mask = positions_and_key_mask(attention_mask, b, total, input_ids.device)
+        positions, key_mask = positions_and_key_mask(attention_mask, b, total, input_ids.device, position_ids)
         cos, sin = rotary_tables(positions[:, window_start:window_start + t], config.d_model // config.n_heads,
                                  config.rope_theta)
         x = transformer.wte(input_ids)

@@ -60,10 +60,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def positions_and_key_mask(attention_mask: torch.Tensor | None, batch: int, total: int,
-                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           device: torch.device, position_ids: torch.Tensor | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RoPE positions ``(b, total)`` counting real tokens only (so left padding does not shift
     a row) and a bool key mask ``(b, 1, 1, total)`` that never attends to padding (None when
-    nothing is padded: the attention kernel then runs unmasked, as the published code does)."""
+    nothing is padded: the attention kernel then runs unmasked, as the published code does).
+
+    A 4-D boolean ``attention_mask`` ``(b, 1, total, total)`` (query x key, as Hugging Face
+    models take one) is used as it is, with ``position_ids`` ``(b, total)`` (required then)."""
+    if attention_mask is not None and attention_mask.dim() == 4:
+        if position_ids is None or tuple(attention_mask.shape) != (batch, 1, total, total):
+            raise ValueError(f"a 4-D attention_mask must be (batch, 1, positions, positions) = "
+                             f"{(batch, 1, total, total)} and come with position_ids (batch, positions); got "
+                             f"{tuple(attention_mask.shape)} and position_ids={position_ids is not None}")
+        return position_ids.to(device), attention_mask.to(device=device, dtype=torch.bool)
+    if position_ids is not None:
+        raise ValueError("position_ids are taken with a 4-D attention_mask only (positions otherwise count "
+                         "the real tokens of attention_mask)")
     if attention_mask is None or bool(attention_mask.all()):
         positions = torch.arange(total, device=device).expand(batch, total)
         return positions, None

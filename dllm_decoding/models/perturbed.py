@@ -24,8 +24,11 @@ class PerturbedLogits(torch.nn.Module):
         self.eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                use_cache: bool = False, key_values: Any = None, window_start: int = 0) -> Any:
+                use_cache: bool = False, key_values: Any = None, window_start: int = 0,
+                position_ids: torch.Tensor | None = None) -> Any:
         cache_args = {"use_cache": True} if use_cache else {}
+        if position_ids is not None:  # a forward with extra positions (4-D attention_mask)
+            cache_args["position_ids"] = position_ids
         if key_values is not None:  # a cached window (HFMaskedDiffusionModel(kv_cache=...))
             cache_args.update(key_values=key_values, window_start=window_start)
         out = self.inner(input_ids=input_ids, attention_mask=attention_mask, **cache_args)

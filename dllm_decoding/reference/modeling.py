@@ -131,7 +131,7 @@ class ReferenceModelForMaskedLM(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, use_cache: bool = False,
                 key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
-                window_start: int = 0, **kwargs) -> ReferenceOutput:
+                window_start: int = 0, position_ids: torch.Tensor | None = None, **kwargs) -> ReferenceOutput:
         """``logits[:, i]`` predicts token ``i``. ``attention_mask`` (B, T) of 0/1 marks real
         tokens (left padding): padded keys are never attended to and RoPE positions count real
         tokens only, so a row gives the same logits alone as inside a padded batch. ``labels``
@@ -141,23 +141,34 @@ class ReferenceModelForMaskedLM(PreTrainedModel):
         keys and values (``key_values``). Passing them back with ``input_ids`` of a window
         of positions ``[window_start, window_start + L)`` computes only that window, attending
         to the cached keys and values elsewhere; the logits are then ``(B, L, V)`` and
-        ``attention_mask``, if given, covers all ``T`` positions."""
+        ``attention_mask``, if given, covers all ``T`` positions. A 4-D boolean ``attention_mask``
+        ``(B, 1, T, T)`` (query x key) with ``position_ids`` ``(B, T)`` sets who attends to whom
+        and the positions directly (a forward with extra positions, as WINO's shadow block)."""
         b, t = input_ids.shape
         total = t if key_values is None else key_values[0][0].shape[2]
         if key_values is not None and not 0 <= window_start <= total - t:
             raise ValueError(f"window [{window_start}, {window_start + t}) is outside the cached "
                              f"{total} positions")
-        if attention_mask is None:
-            attention_mask = torch.ones(b, total, dtype=torch.long, device=input_ids.device)
-        attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
-        # positions count real tokens only, so left padding does not shift them
-        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0).to(torch.float32)
-        positions = positions[:, window_start:window_start + t]
+        if attention_mask is not None and attention_mask.dim() == 4:
+            if position_ids is None or key_values is not None or tuple(attention_mask.shape) != (b, 1, t, t):
+                raise ValueError(f"a 4-D attention_mask must be (batch, 1, positions, positions) = {(b, 1, t, t)} "
+                                 f"and come with position_ids, without a cache; got {tuple(attention_mask.shape)}")
+            positions = position_ids.to(device=input_ids.device, dtype=torch.float32)
+            key_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        else:
+            if position_ids is not None:
+                raise ValueError("position_ids are taken with a 4-D attention_mask only")
+            if attention_mask is None:
+                attention_mask = torch.ones(b, total, dtype=torch.long, device=input_ids.device)
+            attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+            # positions count real tokens only, so left padding does not shift them
+            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0).to(torch.float32)
+            positions = positions[:, window_start:window_start + t]
+            key_mask = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, T): never attend to padding
         angles = positions[:, None, :, None] * self._inv_freq(input_ids.device)  # (b, 1, t, hd/2)
         # RoPE in float32, applied in the weights' dtype: bf16 / fp16 models stay in their dtype
         weight_dtype = self.embed.weight.dtype
         cos, sin = angles.cos().to(weight_dtype), angles.sin().to(weight_dtype)
-        key_mask = attention_mask.bool()[:, None, None, :]  # (b, 1, 1, T): never attend to padding
         x = self.embed(input_ids)
         present = []
         for i, layer in enumerate(self.layers):
