@@ -19,6 +19,8 @@ PADDING = torch.tensor([[1, 1, 1], [0, 1, 1]])
 class _BlockOnlySession(DecodeSession):
     """Returns only the current block's logits, as a dual-cache window does."""
 
+    canvas_logits = False
+
     def start_block(self, start, end):
         self.block = (start, end)
 
@@ -45,6 +47,10 @@ def test_a_session_may_return_block_only_logits(preset):
     model = ContextModel(vocab_size=11, seed=3, scale=3.0)
     kwargs = dict(attention_mask=PADDING, gen_length=8, block_length=4, seed=[5, 9], temperature=0.0)
     full = dd.generate(model, PROMPT, preset, **kwargs)
+    if dd.load_strategy(preset).early_commit is not None:  # needs canvas-wide logits: refused up front
+        with pytest.raises(dd.InputError, match="needs the forward's logits for the whole canvas"):
+            dd.generate(BlockOnly(model), PROMPT, preset, **kwargs)
+        return
     block = dd.generate(BlockOnly(model), PROMPT, preset, **kwargs)
     assert torch.equal(full.sequences, block.sequences) and torch.equal(full.nfe, block.nfe)
 
@@ -69,8 +75,9 @@ def test_nothing_is_created_off_the_canvas_device(preset, kv_cache):
     explicit device lands on meta and fails loudly when it meets the CPU canvas."""
     model = dd.HFMaskedDiffusionModel(_tiny_reference(), kv_cache=kv_cache) if kv_cache else ContextModel(11, seed=1)
     strategy = dd.load_strategy(preset)
-    if kv_cache and (strategy.draft is not None or strategy.extend is not None):  # refused, by design
-        with pytest.raises(dd.InputError, match="key-value cache|kv_cache"):
+    if kv_cache and (strategy.draft is not None or strategy.extend is not None
+                     or strategy.early_commit is not None):  # refused, by design
+        with pytest.raises(dd.InputError, match="key-value cache|kv_cache|--kv-cache"):
             dd.generate(model, [[3, 4]], preset, gen_length=2)
         return
     prompt = torch.tensor([[3, 4, 5], [1, 6, 7]])

@@ -55,16 +55,18 @@ def test_klass_equals_d2cache(case, kl, history, threshold, k):
 
 
 @SETTINGS
-@given(case=cases(one_block=True), bounds=st.sampled_from([(7.5, 5.0, 2.5), (1.0, 0.5, 0.2), (3.0, 2.0, 1.0)]),
+@given(case=cases(), bounds=st.sampled_from([(7.5, 5.0, 2.5), (1.0, 0.5, 0.2), (3.0, 2.0, 1.0)]),
        start=st.integers(0, 3), length=st.integers(1, 5), per_block=st.integers(1, 8))
 def test_prophet_equals_prophet(case, bounds, start, length, per_block):
+    """Several blocks included: the early commit fills every later block from the triggering
+    forward and ends the decode, as Prophet does."""
     model, prompt, gen_length, block = case
     start = min(start, gen_length - 1)
-    steps = min(per_block, block)
+    steps = min(per_block, block) * (gen_length // block)
     early, mid, late = bounds
     ours = dd.generate(model, prompt, "prophet_early_commit", gen_length=gen_length, block_length=block, steps=steps,
-                       overrides={"select.early": early, "select.mid": mid, "select.late": late,
-                                  "select.answer_start": start, "select.answer_length": length})
+                       overrides={"early_commit.early": early, "early_commit.mid": mid, "early_commit.late": late,
+                                  "early_commit.answer_start": start, "early_commit.answer_length": length})
     _same(ours, prophet_generate(_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
                                  block_length=block, mask_id=model.mask_id, answer_start=start,
                                  answer_length=length, early=early, mid=mid, late=late))
@@ -131,11 +133,33 @@ def test_prophet_commits_the_block_once_the_gap_clears():
     # confident (p = 0.99) everywhere: the logit gap log(0.99 / (0.01 / 3)) ~ 5.7 clears late = 2.5 at once
     model = ScriptedModel([1, 2, 3, 4], vocab_size=6, mask_id=5, confidence=[[0.99] * 4])
     out = dd.generate(model, torch.tensor([[0, 1]]), "prophet_early_commit", gen_length=4,
-                      overrides={"select.early": 5.0})
+                      overrides={"early_commit.early": 5.0})
     assert out.nfe.tolist() == [1] and out.answers[0].tolist() == [1, 2, 3, 4]
     model = ScriptedModel([1, 2, 3, 4], vocab_size=6, mask_id=5, confidence=[[0.99] * 4])
     out = dd.generate(model, torch.tensor([[0, 1]]), "prophet_early_commit", gen_length=4)  # early = 7.5: not yet
     assert out.nfe.tolist() == [2]  # forward 2 of 4: progress 0.5, the mid bound 5.0 is cleared
+
+
+def test_prophet_fills_later_blocks_from_the_triggering_forward():
+    """The early commit reaches past the block: one forward for a four-block answer, the later
+    blocks recorded as committed in that step, and the row costs nothing after it."""
+    model = ScriptedModel([1, 2, 3, 4], vocab_size=6, mask_id=5, confidence=[[0.99] * 4])
+    out = dd.generate(model, torch.tensor([[0, 1], [0, 1]]), "prophet_early_commit", gen_length=4, block_length=1,
+                      overrides={"early_commit.early": 5.0}, trace=True)
+    assert out.nfe.tolist() == [1, 1] and out.answers.tolist() == [[1, 2, 3, 4]] * 2
+    assert out.trace.num_steps == 1 and bool(out.trace.committed[0].all())
+
+
+def test_early_commit_needs_canvas_wide_logits():
+    from dllm_decoding.reference import load_reference_model
+
+    model, _ = load_reference_model()
+    cached = dd.HFMaskedDiffusionModel(model, kv_cache="dual")
+    with pytest.raises(dd.InputError, match="needs the forward's logits for the whole canvas.*drop --kv-cache"):
+        dd.generate(cached, torch.tensor([[5, 6, 7]]), "prophet_early_commit", gen_length=8, block_length=4)
+    with pytest.raises(dd.InputError, match="an early_commit component and a draft component"):
+        dd.generate(model, torch.tensor([[5, 6, 7]]), "prophet_early_commit", gen_length=8,
+                    overrides={"draft.use": "next_commits"})
 
 
 def test_remdm_remasks_at_the_schedules_rate():

@@ -15,8 +15,10 @@ from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Strict
 
 from .errors import ConfigError
 
-HookPoint = Literal["fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend", "observer"]
-HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend", "observer")
+HookPoint = Literal["fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend", "early_commit",
+                    "observer"]
+HOOK_POINTS: tuple[str, ...] = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend",
+                                 "early_commit", "observer")
 
 
 # --------------------------------------------------------------------------- strict option types

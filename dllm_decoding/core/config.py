@@ -91,6 +91,7 @@ class Strategy(BaseModel):
     remask: ComponentConfig | None = None
     renoise: ComponentConfig | None = None
     extend: ComponentConfig | None = None
+    early_commit: ComponentConfig | None = None
     draft: ComponentConfig | None = None
     observers: list[ComponentConfig] = Field(default_factory=list)
     gen_length: StrictInt = Field(64, gt=0, description="answer positions to generate")
@@ -127,7 +128,8 @@ class Strategy(BaseModel):
             value = [value]
         return [ComponentConfig.of(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    @field_validator("score", "select", "edit", "remask", "renoise", "draft", "extend", mode="before")
+    @field_validator("score", "select", "edit", "remask", "renoise", "draft", "extend", "early_commit",
+                     mode="before")
     @classmethod
     def _component(cls, value: Any) -> Any:
         return ComponentConfig.of(value)
@@ -174,6 +176,8 @@ class Strategy(BaseModel):
             out.append(("draft", self.draft))
         if self.extend is not None:
             out.append(("extend", self.extend))
+        if self.early_commit is not None:
+            out.append(("early_commit", self.early_commit))
         out += [(f"observers.{c.use}", c) for c in self.observers]
         return out
 
@@ -206,9 +210,9 @@ class Strategy(BaseModel):
 
 
 #: hook points a strategy names one component for (addressed as ``point.option`` in overrides)
-_SINGLE_POINTS = ("score", "select", "edit", "remask", "renoise", "draft", "extend")
+_SINGLE_POINTS = ("score", "select", "edit", "remask", "renoise", "draft", "extend", "early_commit")
 _NULLABLE_FIELDS = ("block_length", "steps", "max_steps_per_block", "edit", "remask", "renoise", "draft",
-                    "extend")
+                    "extend", "early_commit")
 
 
 def _divisors(n: int) -> list[int]:

@@ -21,6 +21,10 @@ from .errors import InputError, ModelError
 class DecodeSession:
     """One decode's view of a model. Subclass and override :meth:`forward`."""
 
+    #: whether :meth:`forward` returns logits for the whole canvas (an early commit needs them);
+    #: False for sessions that compute the block only (a key-value cache's windows)
+    canvas_logits: bool = True
+
     def __init__(self, denoiser: Denoiser, attention_mask: torch.Tensor) -> None:
         self.denoiser = denoiser
         self.attention_mask = attention_mask  # (B, T) long, 0 on left padding

@@ -208,6 +208,26 @@ def extend(state):
     """
 
 
+@hookspec(firstresult=True)
+def early_commit(state, proposal, logits):
+    """Optionally end rows' answers now: every position still open in the whole answer, later
+    blocks included, takes the argmax of this forward's logits (Prophet's early commit: once
+    the model is sure of its answer, fill the rest of the canvas and stop).
+
+    :param state: the decode state after this step's select, before its commits are written.
+    :param proposal: this step's proposal (block-width).
+    :param logits: float ``(B, T, V)``: this forward's logits for the *whole canvas*, as the
+        model returned them (no fuse; zeros for rows not forwarded). Read-only. Needs a session
+        that returns canvas-wide logits (not a key-value cache's block windows).
+    :return: bool ``(B,)`` of rows whose answer ends now, or None. The core restricts it to
+        active rows; their open block positions commit ``proposal.tokens`` this step (as if
+        selected), the open positions after the block take the argmax (``record.filled``), and
+        the rows cost no more forwards. Not with drafts.
+
+    First result wins; at most one early_commit component per strategy.
+    """
+
+
 # --------------------------------------------------------------------------- lifecycle hooks
 
 

@@ -145,6 +145,15 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     if extends and drafts is not None:
         raise InputError("an extend component and a draft component in one strategy: drafted canvases are "
                          "forwarded without the extra positions, so their steps would lack them; use one")
+    early_commits = pipeline.has("early_commit")
+    if early_commits and drafts is not None:
+        raise InputError("an early_commit component and a draft component in one strategy: a step that reaches "
+                         "a drafted canvas has no canvas-wide logits to commit from; use one")
+    if early_commits and not session.canvas_logits:
+        raise InputError(f"an early_commit component needs the forward's logits for the whole canvas; model "
+                         f"{denoiser.name!r} computes the current block's only (a key-value cache's windows): "
+                         f"drop --kv-cache")
+    canvas_logits = None  # this step's canvas-wide logits, for an early commit
     calls = 0  # batched model calls
     all_rows = state.active_rows  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
@@ -186,6 +195,8 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     raw = session.forward(canvas_in, ask)
                 logits = _block_logits(raw, canvas_in.shape[0], total, start, end, vocab, denoiser.name)
                 calls += 1
+                if early_commits:
+                    canvas_logits = _canvas_logits(raw, ask, batch, total, vocab, denoiser.name)
                 if ask is not None:  # hooks see the whole batch; other rows get zeros (or drafts)
                     logits = logits.new_zeros(batch, *logits.shape[1:]).index_copy(0, ask, logits)
                     if extends:
@@ -215,6 +226,15 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                 if any(stalled):  # progress guarantee: the most confident open position
                     commit = commit | _most_confident(proposal.confidence, selectable, stalled)
                     committed = [c + s for c, s in zip(committed, stalled)]
+            exiting = None
+            if early_commits:
+                comp, done = pipeline.first("early_commit", state=state, proposal=proposal, logits=canvas_logits)
+                if done is not None:
+                    done = check_mask(comp, "early_commit", done, (batch,)) & active
+                    if bool(done.any()):  # the block commits now; the rest of the answer below
+                        exiting = done
+                        commit = commit | (selectable & done[:, None])
+                        committed = commit.sum(dim=1).tolist()
             check_committed_tokens(proposal, commit, logits, fused, pipeline, scorer, state)
             open_left = [n - c for n, c in zip(open_left, committed)]
             block_tokens = torch.where(commit, proposal.tokens, state.block_canvas)
@@ -252,6 +272,12 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     tokens = check_tokens(comp, "renoise", tokens, (batch, block_len), vocab)
                     block_tokens = torch.where(block_open, tokens, block_tokens)
             state.canvas, state.open = _with_block(state, block_tokens, block_open)
+            filled = None
+            if exiting is not None:
+                filled = _commit_rest(state, exiting, canvas_logits, denoiser.name)
+                gone = exiting.tolist()
+                open_left = [0 if g else n for n, g in zip(open_left, gone)]
+                editing = [False if g else e for e, g in zip(editing, gone)]
             if drafts is not None and any(n > 0 for n in open_left):
                 calls += _draft_and_verify(pipeline, state, proposal, commit, drafts, session, open_left,
                                            total, vocab, denoiser.name)
@@ -260,7 +286,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     step=state.step, block_index=block, block_step=state.block_step, block_start=start,
                     active_rows=active, proposal=proposal, commit=commit,
                     reopen=torch.zeros_like(commit) if reopen is None else reopen,
-                    canvas=state.canvas, edited=edited))
+                    canvas=state.canvas, edited=edited, filled=filled))
             state.step += 1
             state.block_step += 1
         if eos_ids is not None:
@@ -337,6 +363,33 @@ def _edits(pipeline: Pipeline, state: DecodeState, proposal: Proposal, commit: t
     edited = check_mask(comp, "edit", chosen, tuple(commit.shape)) & decided_before & (proposal.tokens != block_tokens)
     check_committed_tokens(proposal, edited, logits, fused, pipeline, scorer, state)
     return edited
+
+
+def _canvas_logits(raw: torch.Tensor, rows: torch.Tensor | None, batch: int, total: int, vocab: int,
+                   name: str) -> torch.Tensor:
+    """``(B, T, V)``: a forward's canvas-wide logits for the whole batch (zeros for rows not
+    forwarded), for an early commit; a session that returned the block only cannot give them."""
+    if raw.shape[1] != total:
+        raise InputError(f"an early_commit component needs the forward's logits for the whole canvas; model "
+                         f"{name!r} returned the current block's only (a key-value cache computes just a "
+                         f"window): drop --kv-cache")
+    return raw if rows is None else raw.new_zeros(batch, total, vocab).index_copy(0, rows, raw)
+
+
+def _commit_rest(state: DecodeState, rows: torch.Tensor, canvas_logits: torch.Tensor, name: str) -> torch.Tensor:
+    """Every position still open in ``rows`` takes the argmax of ``canvas_logits``; the rows are
+    done (no more forwards). Returns the ``(B, T)`` positions filled."""
+    rest = state.open & rows[:, None]
+    tokens = canvas_logits.argmax(dim=-1)
+    if state.mask_id is not None and bool(((tokens == state.mask_id) & rest).any()):
+        row, column = (int(i) for i in ((tokens == state.mask_id) & rest).nonzero()[0])
+        raise ModelError(f"an early commit would fill answer position {column - state.prompt_length} of row {row} "
+                         f"with the mask token (id {state.mask_id}): model {name!r} puts its top logit on [MASK] "
+                         f"there; give the mask token's logit -inf in the model")
+    state.canvas = torch.where(rest, tokens, state.canvas)
+    state.open = state.open & ~rest
+    state.finished_rows = state.finished_rows | rows
+    return rest
 
 
 def _noise(session: DecodeSession, generators: list[torch.Generator], length: int, vocab: int,

@@ -17,7 +17,7 @@ from .errors import ModelError, PluginError
 from .manager import PluginRegistry
 from .state import DecodeState, Proposal
 
-STEP_HOOKS = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend")
+STEP_HOOKS = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend", "early_commit")
 LIFECYCLE_HOOKS = ("on_decode_start", "on_block_start", "on_step_end", "on_decode_end")
 
 

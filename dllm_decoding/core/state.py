@@ -145,6 +145,7 @@ class StepRecord:
     reopen: torch.Tensor  # (B, L) bool: sent back to noise in this step
     canvas: torch.Tensor  # (B, T) tokens after this step
     edited: torch.Tensor | None = None  # (B, L) bool: decided tokens replaced in this step (edit hook)
+    filled: torch.Tensor | None = None  # (B, T) bool: positions an early commit filled in this step
 
 
 @dataclass

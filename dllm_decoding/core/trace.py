@@ -90,9 +90,13 @@ class TraceRecorder(Component):
 
         tokens = answer.clone()
         tokens[:, lo:hi] = record.proposal.tokens
+        committed = widen(record.commit, False)
+        if record.filled is not None:  # an early commit filled later blocks: committed now
+            committed = committed | record.filled[:, p:]
+            tokens = torch.where(record.filled[:, p:], answer, tokens)
         state.plugin_state[self.state_key].append((
             tokens, widen(record.proposal.confidence.to(torch.float32), float("-inf")),
-            widen(record.commit, False), widen(record.reopen, False), record.active_rows, record.block_index))
+            committed, widen(record.reopen, False), record.active_rows, record.block_index))
 
     @hookimpl
     def on_decode_end(self, state, output):

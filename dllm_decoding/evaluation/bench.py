@@ -52,7 +52,7 @@ SWEEPS: dict[str, list[Setting]] = {
         *_sweep("dinfer_hierarchy", "select.low_threshold", [0.3, 0.5, 0.7]),
         *_sweep("klass", "select.threshold", [0.6, 0.9]),
         *_sweep("klass", "select.kl_threshold", [0.001, 0.1], **{"select.threshold": 0.9}),
-        *_sweep("prophet_early_commit", "select.late", [1.0, 2.5]),
+        *_sweep("prophet_early_commit", "early_commit.late", [1.0, 2.5]),
         *_sweep("dilated_unmasking", "select.base", [2.0, 4.0]),
         *_sweep("pc_sampler", "score.position_decay", [0.0, 0.25]),
         *[Setting("saber", {"select.n": n, "remask.n": n}) for n in (1, 2)],

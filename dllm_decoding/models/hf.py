@@ -18,6 +18,7 @@ class _HFSession(DecodeSession):
         # decided once per decode: without padding the model needs no mask at all
         self.pass_mask = denoiser.takes_attention_mask and bool((attention_mask == 0).any())
         self.block: tuple[int, int] | None = None
+        self.canvas_logits = denoiser.kv_cache is None  # cached windows are the block's only
         # (rows, every layer's keys and values) of the last full forward, and the forwards since it
         self.cache: tuple[torch.Tensor | None, Any] | None = None
         self.cache_age = 0
