@@ -292,3 +292,20 @@ def sglang_joint_threshold_generate(fn, prompt, *, gen_length, block_length, mas
                 break
             x[0, lo:hi] = torch.where(transfer, tok, ids)
     return x, nfe
+
+
+def toy_logits_fn(model):
+    """``fn(ids) -> logits`` for a toy Denoiser (ContextModel, ScriptedModel), as the oracles
+    here call a model: one unpadded row, the full canvas."""
+    session = model.start_session(None)
+
+    def fn(ids):
+        session.attention_mask = torch.ones_like(ids)
+        return session.forward(ids, None)
+    return fn
+
+
+def assert_same_as_reference(ours, reference):
+    """Our ``GenerateOutput`` of one row equals an oracle's ``(x, nfe)``."""
+    x, nfe = reference
+    assert torch.equal(ours.sequences, x) and ours.nfe.tolist() == [nfe]

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import dllm_decoding as dd
 from dllm_decoding.testing import ContextModel
 from published_loops import dinfer_credit_generate, dinfer_hierarchy_generate, fast_dllm_generate, llada_generate
+from published_loops import toy_logits_fn
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -24,15 +25,6 @@ def cases(draw, batch_max=3):
     return model, prompt, gen_length, block
 
 
-def _fn(model):
-    session = model.start_session(None)
-
-    def fn(ids):
-        session.attention_mask = torch.ones_like(ids)
-        return session.forward(ids, None)
-    return fn
-
-
 @SETTINGS
 @given(case=cases(), per_block=st.integers(1, 8))
 def test_llada_low_confidence_equals_llada_generate(case, per_block):
@@ -40,7 +32,7 @@ def test_llada_low_confidence_equals_llada_generate(case, per_block):
     per_block = min(per_block, block)  # LLaDA wastes forwards beyond one token per step; see docs
     steps = per_block * (gen_length // block)
     ours = dd.generate(model, prompt, "llada_low_confidence", gen_length=gen_length, block_length=block, steps=steps)
-    ref, nfe = llada_generate(_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
+    ref, nfe = llada_generate(toy_logits_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
                               block_length=block, mask_id=model.mask_id)
     assert torch.equal(ours.sequences, ref)
     assert ours.nfe.tolist() == [nfe] * prompt.shape[0]
@@ -52,7 +44,7 @@ def test_fast_dllm_threshold_equals_fast_dllm(case, threshold):
     model, prompt, gen_length, block = case
     ours = dd.generate(model, prompt, "fast_dllm_threshold", gen_length=gen_length, block_length=block,
                        overrides={"select.threshold": threshold})
-    ref, nfe = fast_dllm_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    ref, nfe = fast_dllm_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                   mask_id=model.mask_id, threshold=threshold)
     assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
 
@@ -63,7 +55,7 @@ def test_fast_dllm_factor_equals_fast_dllm(case, factor):
     model, prompt, gen_length, block = case
     ours = dd.generate(model, prompt, "fast_dllm_factor", gen_length=gen_length, block_length=block,
                        overrides={"select.factor": factor})
-    ref, nfe = fast_dllm_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    ref, nfe = fast_dllm_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                   mask_id=model.mask_id, factor=factor)
     assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
 
@@ -77,7 +69,7 @@ def test_credit_decoding_equals_dinfer(case, threshold, alpha, beta, gamma):
     ours = dd.generate(model, prompt, "credit_decoding", gen_length=gen_length, block_length=block,
                        overrides={"select.threshold": threshold, "fuse.credit.alpha": alpha,
                                   "fuse.credit.beta": beta, "fuse.credit.gamma": gamma})
-    ref, nfe = dinfer_credit_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    ref, nfe = dinfer_credit_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                       mask_id=model.mask_id, threshold=threshold, alpha=alpha, beta=beta, gamma=gamma)
     assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
 
@@ -90,12 +82,12 @@ def test_batched_presets_equal_batched_references(case, threshold):
     model, prompt, gen_length, block = case
     ours = dd.generate(model, prompt, "credit_decoding", gen_length=gen_length, block_length=block,
                        overrides={"select.threshold": threshold})
-    ref, nfe = dinfer_credit_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    ref, nfe = dinfer_credit_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                       mask_id=model.mask_id, threshold=threshold)
     assert torch.equal(ours.sequences, ref) and ours.stats["forward_calls"] == nfe >= int(ours.nfe.max())
     ours = dd.generate(model, prompt, "fast_dllm_threshold", gen_length=gen_length, block_length=block,
                        overrides={"select.threshold": threshold})
-    ref, nfe = fast_dllm_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    ref, nfe = fast_dllm_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                   mask_id=model.mask_id, threshold=threshold)
     assert torch.equal(ours.sequences, ref) and ours.stats["forward_calls"] == nfe >= int(ours.nfe.max())
 
@@ -107,7 +99,7 @@ def test_dinfer_hierarchy_equals_dinfer(case, threshold, low_threshold):
     model, prompt, gen_length, block = case
     ours = dd.generate(model, prompt, "dinfer_hierarchy", gen_length=gen_length, block_length=block,
                        overrides={"select.threshold": threshold, "select.low_threshold": low_threshold})
-    ref, nfe = dinfer_hierarchy_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    ref, nfe = dinfer_hierarchy_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                          mask_id=model.mask_id, threshold=threshold, low_threshold=low_threshold)
     assert torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
 
@@ -119,6 +111,6 @@ def test_exact_ties_break_as_in_the_published_loops():
         model = ContextModel(5, seed=seed, scale=12.0)
         prompt = torch.tensor([[1]])
         ours = dd.generate(model, prompt, "llada_low_confidence", gen_length=8, block_length=8, steps=7)
-        ref, _ = llada_generate(_fn(model), prompt.clone(), steps=7, gen_length=8, block_length=8,
+        ref, _ = llada_generate(toy_logits_fn(model), prompt.clone(), steps=7, gen_length=8, block_length=8,
                                 mask_id=model.mask_id)
         assert torch.equal(ours.sequences, ref)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import dllm_decoding as dd
 from dllm_decoding.testing import ContextModel, ScriptedModel, StrategyConformance
 from published_rules import dus_generate, klass_generate, pc_sampler_generate, prophet_generate, saber_generate
+from published_loops import assert_same_as_reference, toy_logits_fn
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -27,20 +28,6 @@ def cases(draw, one_block=False):
     return model, prompt, gen_length, block
 
 
-def _fn(model):
-    session = model.start_session(None)
-
-    def fn(ids):
-        session.attention_mask = torch.ones_like(ids)
-        return session.forward(ids, None)
-    return fn
-
-
-def _same(ours, ref):
-    x, nfe = ref
-    assert torch.equal(ours.sequences, x) and ours.nfe.tolist() == [nfe]
-
-
 @SETTINGS
 @given(case=cases(one_block=True), kl=st.sampled_from([0.001, 0.01, 0.1, 1.0]), history=st.integers(1, 3),
        threshold=st.sampled_from([0.0, 0.3, 0.6, 0.9]), k=st.integers(1, 3))
@@ -49,7 +36,7 @@ def test_klass_equals_d2cache(case, kl, history, threshold, k):
     ours = dd.generate(model, prompt, "klass", gen_length=gen_length, block_length=block,
                        overrides={"select.kl_threshold": kl, "select.history": history,
                                   "select.threshold": threshold, "select.k": k})
-    _same(ours, klass_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    assert_same_as_reference(ours, klass_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                mask_id=model.mask_id, vocab_size=model.vocab_size, kl_threshold=kl,
                                history=history, threshold=threshold, k=k))
 
@@ -67,7 +54,7 @@ def test_prophet_equals_prophet(case, bounds, start, length, per_block):
     ours = dd.generate(model, prompt, "prophet_early_commit", gen_length=gen_length, block_length=block, steps=steps,
                        overrides={"early_commit.early": early, "early_commit.mid": mid, "early_commit.late": late,
                                   "early_commit.answer_start": start, "early_commit.answer_length": length})
-    _same(ours, prophet_generate(_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
+    assert_same_as_reference(ours, prophet_generate(toy_logits_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
                                  block_length=block, mask_id=model.mask_id, answer_start=start,
                                  answer_length=length, early=early, mid=mid, late=late))
 
@@ -86,7 +73,7 @@ def test_pc_sampler_equals_neuir(case, lambd, alpha, per_block, data, tmp_path_f
     ours = dd.generate(model, prompt, "pc_sampler", gen_length=gen_length, block_length=block, steps=steps,
                        overrides={"score.position_decay": lambd, "score.clip": alpha,
                                   "score.frequency_file": str(path)})
-    _same(ours, pc_sampler_generate(_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
+    assert_same_as_reference(ours, pc_sampler_generate(toy_logits_fn(model), prompt.clone(), steps=steps, gen_length=gen_length,
                                     block_length=block, mask_id=model.mask_id, freq=freq, lambd=lambd, alpha=alpha))
 
 
@@ -96,7 +83,7 @@ def test_dilated_unmasking_equals_the_schedule(case, base):
     model, prompt, gen_length, block = case
     ours = dd.generate(model, prompt, "dilated_unmasking", gen_length=gen_length, block_length=block,
                        overrides={"select.base": base})
-    _same(ours, dus_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    assert_same_as_reference(ours, dus_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                              mask_id=model.mask_id, base=base))
 
 
@@ -114,7 +101,7 @@ def test_saber_equals_saber(case, n):
     budget = 3 * gen_length
     ours = dd.generate(model, prompt, "saber", gen_length=gen_length, block_length=gen_length,
                        overrides={"select.n": n, "remask.n": n, "max_steps_per_block": budget})
-    _same(ours, saber_generate(_fn(model), prompt.clone(), gen_length=gen_length, mask_id=model.mask_id,
+    assert_same_as_reference(ours, saber_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, mask_id=model.mask_id,
                                n=n, max_steps=budget))
 
 

@@ -15,6 +15,7 @@ from dllm_decoding.reference import load_reference_model
 from dllm_decoding.tasks import TASKS, encode_batch
 from dllm_decoding.testing import ContextModel, ScriptedModel, StrategyConformance
 from published_rules import local_leap_generate, slow_fast_generate
+from published_loops import assert_same_as_reference, toy_logits_fn
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -28,20 +29,6 @@ def cases(draw):
     block = draw(st.sampled_from([1, 2, 3, 4, 8, 12]))
     gen_length = block * draw(st.integers(1, 3))
     return model, prompt, gen_length, block
-
-
-def _fn(model):
-    session = model.start_session(None)
-
-    def fn(ids):
-        session.attention_mask = torch.ones_like(ids)
-        return session.forward(ids, None)
-    return fn
-
-
-def _same(ours, ref):
-    x, nfe = ref
-    assert torch.equal(ours.sequences, x) and ours.nfe.tolist() == [nfe]
 
 
 # --------------------------------------------------------------------------- LocalLeap
@@ -77,7 +64,7 @@ def test_local_leap_equals_localleap(case, threshold, relaxed, radius):
     ours = dd.generate(model, prompt, "local_leap", gen_length=gen_length, block_length=block,
                        overrides={"select.threshold": threshold, "select.relaxed_threshold": relaxed,
                                   "select.radius": radius})
-    _same(ours, local_leap_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    assert_same_as_reference(ours, local_leap_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                     mask_id=model.mask_id, threshold=threshold, relaxed_threshold=relaxed,
                                     radius=radius))
 
@@ -103,7 +90,7 @@ def test_slow_fast_equals_slow_fast_sampling(case, explore, span, high, window, 
                "stability": stability, "end_explore_when_stable": early}
     ours = dd.generate(model, prompt, "slow_fast", gen_length=gen_length, block_length=block,
                        overrides={f"select.{k}": v for k, v in options.items()})
-    _same(ours, slow_fast_generate(_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
+    assert_same_as_reference(ours, slow_fast_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
                                    mask_id=model.mask_id, **options))
 
 
