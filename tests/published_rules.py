@@ -360,9 +360,10 @@ def wino_generate(fn, prompt, *, gen_length, block_length, mask_id, attention_ma
     """
     b, p = prompt.shape
     assert b == 1
-    real = torch.ones(1, p, dtype=torch.long) if attention_mask is None else attention_mask.clone()
-    real = torch.cat([real, torch.ones(1, gen_length, dtype=torch.long)], dim=1)
-    x = torch.cat([prompt, torch.full((1, gen_length), mask_id)], dim=1)
+    dev = prompt.device
+    real = torch.ones(1, p, dtype=torch.long, device=dev) if attention_mask is None else attention_mask.clone()
+    real = torch.cat([real, torch.ones(1, gen_length, dtype=torch.long, device=dev)], dim=1)
+    x = torch.cat([prompt, torch.full((1, gen_length), mask_id, device=dev)], dim=1)
     total = x.shape[1]
     positions = (torch.cumsum(real, dim=1) - 1) * real
     nfe = 0
@@ -370,12 +371,12 @@ def wino_generate(fn, prompt, *, gen_length, block_length, mask_id, attention_ma
         start, end = p + block * block_length, p + (block + 1) * block_length
         while bool((x[0, start:end] == mask_id).any()):
             masked = x[0, start:end] == mask_id
-            ids = torch.cat([x, torch.full((1, block_length), mask_id)], dim=1)
+            ids = torch.cat([x, torch.full((1, block_length), mask_id, device=dev)], dim=1)
             pos = torch.cat([positions, positions[:, start:end]], dim=1)
-            keys = torch.cat([real, torch.ones(1, block_length, dtype=torch.long)], dim=1).bool()
+            keys = torch.cat([real, torch.ones(1, block_length, dtype=torch.long, device=dev)], dim=1).bool()
             mask = keys[:, None, None, :].expand(1, 1, total + block_length, total + block_length).clone()
             mask[:, :, :total, total:] = False
-            mask[:, :, total:, start:end] &= ~torch.eye(block_length, dtype=torch.bool)
+            mask[:, :, total:, start:end] &= ~torch.eye(block_length, dtype=torch.bool, device=dev)
             logits = fn(ids, mask, pos)
             nfe += 1
             combined = torch.where(masked[:, None], logits[0, start:end], logits[0, total:]).to(torch.float64)

@@ -183,7 +183,7 @@ def test_uniform_noise_renoises_open_positions_each_step(models):
 def test_wrong_block_length_names_the_canvas(models):
     prompt = torch.randint(3, VOCAB - 1, (1, 4))
     with pytest.raises(dd.InputError, match=r"block_length=16: DiffusionGemma denoises blocks of its canvas_length \(8\)"):
-        dd.generate(models[8], prompt, "diffusion_gemma", gen_length=16)
+        dd.generate(models[8], prompt, "diffusion_gemma", gen_length=16, block_length=16)
 
 
 def test_renoise_output_is_checked(models):
@@ -252,3 +252,16 @@ def test_masked_model_flags_are_refused_for_diffusion_gemma(checkpoint, capsys, 
 
     assert cli.main(["generate", "--model", str(checkpoint), "--prompt-ids", "5,6", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_diffusion_gemma_on_cuda_equals_generate_there():
+    model = tiny_diffusion_gemma(8, seed=2, logit_scale=16.0).cuda()
+    prompt = torch.tensor([[5, 6, 7, 8]], device="cuda")
+    ours = dd.generate(model, prompt, "diffusion_gemma", gen_length=16, seed=3,
+                       overrides={"max_steps_per_block": 6, "select.confidence_threshold": 3.0})
+    assert ours.sequences.is_cuda
+    torch.manual_seed(3)  # generate() draws from the CUDA default generator, seeded by manual_seed too
+    theirs = model.generate(prompt, max_new_tokens=16, max_denoising_steps=6, confidence_threshold=3.0,
+                            return_dict_in_generate=True)
+    assert torch.equal(ours.sequences, theirs.sequences)

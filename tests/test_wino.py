@@ -136,3 +136,19 @@ def test_extend_is_refused_where_it_cannot_run(reference, llada):
 class TestWinoStrictConformance(StrategyConformance):
     strategy = "wino"
     overrides = {"select.wide_in_threshold": 0.2, "remask.narrow_out_threshold": 0.99}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_wino_on_cuda_equals_d2cache_there(reference):
+    model, tokenizer = reference
+    model = model.cuda()
+    try:
+        task = TASKS["insert"]
+        prompt, _ = encode_batch(tokenizer, task.examples("test", 1, seed=2), task)
+        prompt = prompt.cuda()
+        ours = dd.generate(model, prompt, "wino", gen_length=task.gen_length)
+        ref, nfe = wino_generate(_hf_fn(model), prompt.clone(), gen_length=task.gen_length,
+                                 block_length=task.gen_length, mask_id=model.config.mask_token_id)
+        assert ours.sequences.is_cuda and torch.equal(ours.sequences, ref) and ours.nfe.tolist() == [nfe]
+    finally:
+        model.cpu()
