@@ -105,7 +105,8 @@ def select(state, proposal):
     :param proposal: the :class:`~dllm_decoding.Proposal` of this step.
     :return: bool tensor ``(B, L)``. The core intersects it with ``state.selectable`` and, for a
         row that would commit nothing, commits its most confident selectable position (the
-        progress guarantee; never a prompt or decided position, -inf confidences included).
+        progress guarantee; never a prompt or decided position, -inf confidences included),
+        except in renoising strategies (see ``renoise``), whose blocks end at their step budget.
 
     First result wins; a strategy has exactly one select component.
     """
