@@ -1,15 +1,19 @@
 """KLASS (KL-Adaptive Stability Sampling, arXiv 2511.05664) as a select component, as d2Cache's
 ``src/generation/klass.py`` computes it.
 
-Every step, each position of the current block gets the KL divergence between its distribution
-now and at the previous step; the last ``history`` divergences are kept per position. A position
-is *stable* when all of them are below ``kl_threshold``; every open stable position whose
+Every step, each answer position gets the KL divergence between its distribution now and at the
+previous step; the last ``history`` divergences are kept per position. A position is *stable*
+when all of them are below ``kl_threshold``; every open stable position of the block whose
 confidence is at least ``threshold`` commits. A row with none commits its ``k`` most confident
 open positions instead. The previous distribution and the divergence history are this
-component's memory in ``state.plugin_state``, one block wide, reset when a block starts.
+component's memory in ``state.plugin_state``: answer-wide for the whole decode, as d2Cache keeps
+them (``scope = "answer"``, from the canvas-wide logits), or one block wide, reset when a block
+starts (``scope = "block"``: block-width work, but a later block starts without history).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -42,6 +46,10 @@ class KlassOptions(OptionsModel):
                                                                     "confidence is >= this")
     k: StrictInt = Field(1, gt=0, description="fallback: a row with no stable confident position commits its k "
                                               "most confident open positions")
+    scope: Literal["answer", "block"] = Field(
+        "answer", description="where the KL history is kept: every answer position every step, as d2Cache (a later "
+                              "block arrives with its history; needs canvas-wide logits and (B, answer, V) float64 "
+                              "memory), or the current block only, from its first step (block-width, cheaper)")
 
 
 class Klass(Component):
@@ -53,15 +61,27 @@ class Klass(Component):
     hook_point = "select"
     Options = KlassOptions
 
+    @property
+    def needs_canvas_logits(self) -> bool:
+        return self.options.scope == "answer"
+
+    @hookimpl
+    def on_decode_start(self, state):
+        state.plugin_state[self.state_key] = None
+
     @hookimpl
     def on_block_start(self, state):
-        state.plugin_state[self.state_key] = None
+        if self.options.scope == "block":
+            state.plugin_state[self.state_key] = None
 
     @hookimpl
     def select(self, state, proposal):
         opts = self.options
         # the model's dtype, as d2Cache's softmax; the previous distribution is kept in float64
-        probs = torch.softmax(proposal.logits, dim=-1)
+        if opts.scope == "answer":  # every answer position, this step's forward
+            probs = torch.softmax(state.canvas_logits[:, state.prompt_length:], dim=-1)
+        else:
+            probs = torch.softmax(proposal.logits, dim=-1)
         memory = state.plugin_state[self.state_key]
         if memory is None:
             b, width, vocab = probs.shape
@@ -75,7 +95,11 @@ class Klass(Component):
         previous = torch.where(active[:, None, None], probs.to(torch.float64), previous)
         state.plugin_state[self.state_key] = (previous, history)
 
-        stable = (history < opts.kl_threshold).all(dim=-1) & state.selectable
+        stable = (history < opts.kl_threshold).all(dim=-1)
+        if opts.scope == "answer":
+            offset = state.block_start - state.prompt_length
+            stable = stable[:, offset:offset + state.block_length]
+        stable = stable & state.selectable
         confidence = torch.where(state.selectable, proposal.confidence, NEG_INF)
         chosen = stable & (confidence >= opts.threshold)
         fallback = answer_region_top_k(state, confidence, opts.k)

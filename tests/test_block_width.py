@@ -33,6 +33,13 @@ class _BlockOnlySession(DecodeSession):
         return full[:, self.block[0]:self.block[1]].clone(), extra
 
 
+def _needs_canvas_logits(preset):
+    """An early commit or a component reading canvas-wide logits (KLASS's answer-wide history)."""
+    strategy = dd.load_strategy(preset)
+    return strategy.early_commit is not None or any(
+        getattr(c, "needs_canvas_logits", False) for c in strategy.instantiate())
+
+
 class BlockOnly(Denoiser):
     def __init__(self, inner):
         self.inner, self.mask_id, self.vocab_size, self.name = inner, inner.mask_id, inner.vocab_size, "block-only"
@@ -47,7 +54,7 @@ def test_a_session_may_return_block_only_logits(preset):
     model = ContextModel(vocab_size=11, seed=3, scale=3.0)
     kwargs = dict(attention_mask=PADDING, gen_length=8, block_length=4, seed=[5, 9], temperature=0.0)
     full = dd.generate(model, PROMPT, preset, **kwargs)
-    if dd.load_strategy(preset).early_commit is not None:  # needs canvas-wide logits: refused up front
+    if _needs_canvas_logits(preset):  # refused up front
         with pytest.raises(dd.InputError, match="needs the forward's logits for the whole canvas"):
             dd.generate(BlockOnly(model), PROMPT, preset, **kwargs)
         return
@@ -76,7 +83,7 @@ def test_nothing_is_created_off_the_canvas_device(preset, kv_cache):
     model = dd.HFMaskedDiffusionModel(_tiny_reference(), kv_cache=kv_cache) if kv_cache else ContextModel(11, seed=1)
     strategy = dd.load_strategy(preset)
     if kv_cache and (strategy.draft is not None or strategy.extend is not None
-                     or strategy.early_commit is not None):  # refused, by design
+                     or _needs_canvas_logits(preset)):  # refused, by design
         with pytest.raises(dd.InputError, match="key-value cache|kv_cache|--kv-cache"):
             dd.generate(model, [[3, 4]], preset, gen_length=2)
         return

@@ -29,9 +29,10 @@ def cases(draw, one_block=False):
 
 
 @SETTINGS
-@given(case=cases(one_block=True), kl=st.sampled_from([0.001, 0.01, 0.1, 1.0]), history=st.integers(1, 3),
+@given(case=cases(), kl=st.sampled_from([0.001, 0.01, 0.1, 1.0]), history=st.integers(1, 3),
        threshold=st.sampled_from([0.0, 0.3, 0.6, 0.9]), k=st.integers(1, 3))
 def test_klass_equals_d2cache(case, kl, history, threshold, k):
+    """Several blocks included: the KL history is answer-wide, as d2Cache keeps it."""
     model, prompt, gen_length, block = case
     ours = dd.generate(model, prompt, "klass", gen_length=gen_length, block_length=block,
                        overrides={"select.kl_threshold": kl, "select.history": history,
@@ -144,7 +145,7 @@ def test_early_commit_needs_canvas_wide_logits():
     cached = dd.HFMaskedDiffusionModel(model, kv_cache="dual")
     with pytest.raises(dd.InputError, match="needs the forward's logits for the whole canvas.*drop --kv-cache"):
         dd.generate(cached, torch.tensor([[5, 6, 7]]), "prophet_early_commit", gen_length=8, block_length=4)
-    with pytest.raises(dd.InputError, match="an early_commit component and a draft component"):
+    with pytest.raises(dd.InputError, match="canvas-wide logits \(an early commit\) and a draft component"):
         dd.generate(model, torch.tensor([[5, 6, 7]]), "prophet_early_commit", gen_length=8,
                     overrides={"draft.use": "next_commits"})
 
@@ -168,6 +169,20 @@ def test_remdm_remasks_at_the_schedules_rate():
 
 class TestKlassConformance(StrategyConformance):
     strategy = "klass"
+
+
+class TestKlassBlockScopeConformance(StrategyConformance):
+    strategy = "klass"
+    overrides = {"select.scope": "block"}
+
+
+def test_klass_block_scope_equals_d2cache_with_one_block():
+    model = ContextModel(11, seed=4, scale=6.0)
+    prompt = torch.tensor([[1, 2, 3]])
+    ours = dd.generate(model, prompt, "klass", gen_length=8, overrides={"select.scope": "block"})
+    assert_same_as_reference(ours, klass_generate(toy_logits_fn(model), prompt.clone(), gen_length=8,
+                                                  block_length=8, mask_id=model.mask_id,
+                                                  vocab_size=model.vocab_size))
 
 
 class TestProphetConformance(StrategyConformance):

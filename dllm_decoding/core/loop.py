@@ -146,11 +146,15 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         raise InputError("an extend component and a draft component in one strategy: drafted canvases are "
                          "forwarded without the extra positions, so their steps would lack them; use one")
     early_commits = pipeline.has("early_commit")
-    if early_commits and drafts is not None:
-        raise InputError("an early_commit component and a draft component in one strategy: a step that reaches "
-                         "a drafted canvas has no canvas-wide logits to commit from; use one")
-    if early_commits and not session.canvas_logits:
-        raise InputError(f"an early_commit component needs the forward's logits for the whole canvas; model "
+    # canvas-wide logits each step: for an early commit, or a component that asks for them
+    wants_canvas = early_commits or any(getattr(c, "needs_canvas_logits", False) for c in pipeline.components)
+    if wants_canvas and drafts is not None:
+        raise InputError("a component that reads canvas-wide logits (an early commit) and a draft component in one "
+                         "strategy: a step that reaches a drafted canvas has no canvas-wide logits; use one")
+    if wants_canvas and not session.canvas_logits:
+        needy = "an early_commit component" if early_commits else "component " + repr(next(
+            c.name for c in pipeline.components if getattr(c, "needs_canvas_logits", False)))
+        raise InputError(f"{needy} needs the forward's logits for the whole canvas; model "
                          f"{denoiser.name!r} computes the current block's only (a key-value cache's windows): "
                          f"drop --kv-cache")
     canvas_logits = None  # this step's canvas-wide logits, for an early commit
@@ -195,8 +199,9 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     raw = session.forward(canvas_in, ask)
                 logits = _block_logits(raw, canvas_in.shape[0], total, start, end, vocab, denoiser.name)
                 calls += 1
-                if early_commits:
-                    canvas_logits = _canvas_logits(raw, ask, batch, total, vocab, denoiser.name)
+                if wants_canvas:
+                    canvas_logits = state.canvas_logits = _canvas_logits(raw, ask, batch, total, vocab,
+                                                                          denoiser.name)
                 if ask is not None:  # hooks see the whole batch; other rows get zeros (or drafts)
                     logits = logits.new_zeros(batch, *logits.shape[1:]).index_copy(0, ask, logits)
                     if extends:

@@ -67,6 +67,10 @@ class DecodeState:
     #: ``(B, E, V)``: this step's logits of an ``extend`` component's extra positions (zeros for
     #: inactive rows); None without one
     extension_logits: Any = None
+    #: ``(B, T, V)``: this step's canvas-wide logits as the model returned them (zeros for rows
+    #: not forwarded), kept only for an early commit or a component whose ``needs_canvas_logits``
+    #: is true (KLASS's answer-wide history); None otherwise. Read-only.
+    canvas_logits: Any = None
     _selectable: Any = field(default=None, repr=False, compare=False)
     _left_padding: Any = field(default=None, repr=False, compare=False)
 
