@@ -168,6 +168,17 @@ class ContextModel(Denoiser):
         return _ContextSession(self, attention_mask)
 
 
+def refuses_kv_cache(strategy: Any) -> bool:
+    """Whether a strategy is refused with the key-value cache, by design: it drafts canvases,
+    adds extra positions to the forward, or reads canvas-wide logits (an early commit, KLASS's
+    answer-wide history), none of which a cached block window gives."""
+    from .core.config import load_strategy
+
+    strat = load_strategy(strategy)
+    return (strat.draft is not None or strat.extend is not None or strat.early_commit is not None
+            or any(getattr(c, "needs_canvas_logits", False) for c in strat.instantiate()))
+
+
 # --------------------------------------------------------------------------- conformance suite
 
 

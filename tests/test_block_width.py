@@ -10,7 +10,7 @@ import torch
 import dllm_decoding as dd
 from dllm_decoding.core.denoiser import DecodeSession, Denoiser
 from dllm_decoding.reference import ReferenceConfig, ReferenceModelForMaskedLM
-from dllm_decoding.testing import ContextModel
+from dllm_decoding.testing import ContextModel, refuses_kv_cache
 
 PROMPT = torch.tensor([[1, 2, 3], [0, 4, 5]])
 PADDING = torch.tensor([[1, 1, 1], [0, 1, 1]])
@@ -82,8 +82,7 @@ def test_nothing_is_created_off_the_canvas_device(preset, kv_cache):
     explicit device lands on meta and fails loudly when it meets the CPU canvas."""
     model = dd.HFMaskedDiffusionModel(_tiny_reference(), kv_cache=kv_cache) if kv_cache else ContextModel(11, seed=1)
     strategy = dd.load_strategy(preset)
-    if kv_cache and (strategy.draft is not None or strategy.extend is not None
-                     or _needs_canvas_logits(preset)):  # refused, by design
+    if kv_cache and refuses_kv_cache(preset):  # refused, by design
         with pytest.raises(dd.InputError, match="key-value cache|kv_cache|--kv-cache"):
             dd.generate(model, [[3, 4]], preset, gen_length=2)
         return

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import dllm_decoding as dd
+from dllm_decoding.testing import refuses_kv_cache
 from dllm_decoding.reference import ReferenceConfig, ReferenceModelForMaskedLM
 
 PROMPT = torch.tensor([[3, 4, 5, 6], [1, 7, 8, 9]])
@@ -43,7 +44,10 @@ def test_every_preset_decodes_a_compiled_model(compiled, preset):
     assert dd.HFMaskedDiffusionModel(fast, kv_cache="dual").takes_attention_mask
     out = dd.generate(fast, PROMPT, preset, attention_mask=MASK, gen_length=8, block_length=4, temperature=0.5)
     _valid(out, model)
-    if dd.load_strategy(preset).draft is not None:  # draft-and-verify refuses the cache up front
+    if refuses_kv_cache(preset):  # drafts, extra positions, canvas-wide logits: no cache, by design
+        with pytest.raises(dd.InputError, match="key-value cache|kv_cache|--kv-cache"):
+            dd.generate(dd.HFMaskedDiffusionModel(fast, kv_cache="dual"), PROMPT, preset, attention_mask=MASK,
+                        gen_length=8, block_length=4)
         return
     cached = dd.generate(dd.HFMaskedDiffusionModel(fast, kv_cache="dual"), PROMPT, preset, attention_mask=MASK,
                          gen_length=8, block_length=4)
@@ -55,8 +59,8 @@ def test_every_preset_decodes_a_compiled_model(compiled, preset):
 def test_every_preset_decodes_a_bf16_model(preset, kv_cache):
     model = _model(torch.bfloat16)
     wrapped = dd.HFMaskedDiffusionModel(model, kv_cache=kv_cache) if kv_cache else model
-    if kv_cache and dd.load_strategy(preset).draft is not None:  # refused up front, by design
-        with pytest.raises(dd.InputError, match="key-value cache"):
+    if kv_cache and refuses_kv_cache(preset):  # refused, by design
+        with pytest.raises(dd.InputError, match="key-value cache|kv_cache|--kv-cache"):
             dd.generate(wrapped, PROMPT, preset, attention_mask=MASK, gen_length=8, block_length=4)
         return
     out = dd.generate(wrapped, PROMPT, preset, attention_mask=MASK, gen_length=8, block_length=4)

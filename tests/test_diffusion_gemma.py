@@ -145,14 +145,16 @@ def test_a_batch_decodes_as_its_rows_alone(models):
         assert int(alone.nfe[0]) == int(batch.nfe[row])
 
 
-@pytest.mark.parametrize("preset", ["fast_dllm_threshold", "credit_decoding", "llada_low_confidence",
-                                    "entropy_bounded", "klass"])
-def test_masked_diffusion_strategies_run_on_diffusion_gemma(models, preset):
+@pytest.mark.parametrize("preset, overrides", [("fast_dllm_threshold", {}), ("credit_decoding", {}),
+                                               ("llada_low_confidence", {}), ("entropy_bounded", {}),
+                                               ("klass", {"select.scope": "block"})])
+def test_masked_diffusion_strategies_run_on_diffusion_gemma(models, preset, overrides):
     """Other rules decode on the uniform-noise model: the block starts as random tokens that
     stay until committed; the decode keeps the core's invariants."""
     model = models[8]
     prompt = torch.randint(3, VOCAB - 1, (2, 4), generator=torch.Generator().manual_seed(1))
-    out = dd.generate(model, prompt, preset, gen_length=16, block_length=8, steps=16, seed=0, trace=True)
+    out = dd.generate(model, prompt, preset, gen_length=16, block_length=8, steps=16, seed=0, trace=True,
+                      overrides=overrides)
     assert torch.equal(out.sequences[:, :4], prompt)
     assert int(out.nfe.max()) <= 16  # the one-commit-per-step guarantee holds without renoise
     assert bool(out.trace.committed.any(dim=0).all())  # every answer position was committed
@@ -178,6 +180,13 @@ def test_uniform_noise_renoises_open_positions_each_step(models):
     assert len(canvases) >= 2
     changed = [bool((a != b)[o].any()) for (a, _), (b, o) in zip(canvases, canvases[1:]) if o.any()]
     assert any(changed)  # open positions hold fresh noise each step
+
+
+def test_rules_that_need_canvas_wide_logits_are_refused_up_front(models):
+    prompt = torch.randint(3, VOCAB - 1, (1, 4))
+    for preset in ("klass", "prophet_early_commit"):
+        with pytest.raises(dd.InputError, match="a block decoder such as DiffusionGemma's has no others"):
+            dd.generate(models[8], prompt, preset, gen_length=8)
 
 
 def test_wrong_block_length_names_the_canvas(models):

@@ -155,8 +155,8 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         needy = "an early_commit component" if early_commits else "component " + repr(next(
             c.name for c in pipeline.components if getattr(c, "needs_canvas_logits", False)))
         raise InputError(f"{needy} needs the forward's logits for the whole canvas; model "
-                         f"{denoiser.name!r} computes the current block's only (a key-value cache's windows): "
-                         f"drop --kv-cache")
+                         f"{denoiser.name!r} computes the current block's only (a key-value cache's windows: "
+                         f"drop --kv-cache; a block decoder such as DiffusionGemma's has no others)")
     canvas_logits = None  # this step's canvas-wide logits, for an early commit
     calls = 0  # batched model calls
     all_rows = state.active_rows  # state.active_rows while every row decodes
@@ -375,9 +375,8 @@ def _canvas_logits(raw: torch.Tensor, rows: torch.Tensor | None, batch: int, tot
     """``(B, T, V)``: a forward's canvas-wide logits for the whole batch (zeros for rows not
     forwarded), for an early commit; a session that returned the block only cannot give them."""
     if raw.shape[1] != total:
-        raise InputError(f"an early_commit component needs the forward's logits for the whole canvas; model "
-                         f"{name!r} returned the current block's only (a key-value cache computes just a "
-                         f"window): drop --kv-cache")
+        raise InputError(f"a component needs the forward's logits for the whole canvas; model {name!r} returned "
+                         f"the current block's only (a key-value cache computes just a window: drop --kv-cache)")
     return raw if rows is None else raw.new_zeros(batch, total, vocab).index_copy(0, rows, raw)
 
 

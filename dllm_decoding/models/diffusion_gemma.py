@@ -63,6 +63,8 @@ class DiffusionGemmaModel(Denoiser):
 
 
 class DiffusionGemmaSession(DecodeSession):
+    canvas_logits = False  # the decoder computes the canvas (the block) only
+
     def __init__(self, denoiser: DiffusionGemmaModel, attention_mask: torch.Tensor) -> None:
         super().__init__(denoiser, attention_mask)
         self.cache: Any = None  # the encoder's cache, for the batch rows in cache_rows
