@@ -274,3 +274,25 @@ def test_diffusion_gemma_on_cuda_equals_generate_there():
     theirs = model.generate(prompt, max_new_tokens=16, max_denoising_steps=6, confidence_threshold=3.0,
                             return_dict_in_generate=True)
     assert torch.equal(ours.sequences, theirs.sequences)
+
+
+def test_lm_eval_generate_until_decodes_whole_canvases(checkpoint):
+    """lm-eval's generate_until on DiffusionGemma: whole canvases are decoded, the answer is cut
+    to max_gen_toks; loglikelihood is refused by name (no [MASK] to estimate it with)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from dllm_decoding.evaluation.lm_eval import model as dllm_model
+
+    lm = dllm_model.DllmLM(pretrained=str(checkpoint), strategy="diffusion_gemma", chat_template=False,
+                           early_stop=False)
+    request = Instance(request_type="generate_until", doc={}, arguments=("hello", {"until": [], "max_gen_toks": 5}),
+                       idx=0, metadata=("t", 0, 1))
+    [text] = lm.generate_until([request])
+    assert isinstance(text, str)
+    info = lm.get_model_info()["dllm"]["tasks"]["t"]
+    assert info["requests"] == 1 and info["nfe_mean"] == 48.0  # one canvas of 8, 48 steps: never stable
+    assert info["resolved_strategy"]["gen_length"] == 8 and info["resolved_strategy"]["block_length"] == 8
+    with pytest.raises(dllm_model.UnsupportedRequest, match="loglikelihood needs a \\[MASK\\] token"):
+        lm.loglikelihood([Instance(request_type="loglikelihood", doc={}, arguments=("a", " b"), idx=0,
+                                   metadata=("t", 0, 1))])

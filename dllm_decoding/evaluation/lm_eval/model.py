@@ -154,6 +154,9 @@ class DllmLM(LM):
         if not plans:
             return []
         model, tokenizer = self._load()
+        # a model that decodes fixed blocks (DiffusionGemma's canvas) decodes whole blocks; the
+        # answer is cut to max_gen_toks as always
+        fixed = as_denoiser(model).block_length
         contexts = [self._encode(req.args[0]) for req in requests]
         outputs: list[str | None] = [None] * len(requests)
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -167,7 +170,7 @@ class DllmLM(LM):
         eos = getattr(tokenizer, "eos_token_id", None)
         for task, gen_length, rows in _progress(batches, "dllm generate_until", disable_tqdm or self._rank != 0):
             prompt, mask = _left_pad([contexts[i] for i in rows], _pad_id(tokenizer), self._device)
-            strategy = self.options.strategy_for(gen_length)
+            strategy = self.options.strategy_for(gen_length if fixed is None else -(-gen_length // fixed) * fixed)
             started = time.perf_counter()
             out = generate(model, prompt, strategy, attention_mask=mask, seed=[plans[i]["seed"] for i in rows],
                            eos_id=eos if self.options.early_stop else None)
@@ -188,6 +191,11 @@ class DllmLM(LM):
             return []
         model, tokenizer = self._load()
         denoiser = as_denoiser(model)
+        if denoiser.mask_id is None:
+            tasks = sorted({getattr(r, "task_name", None) or "?" for r in requests})
+            raise UnsupportedRequest(f"task {', '.join(tasks)}: loglikelihood needs a [MASK] token (the Monte-Carlo "
+                                     f"estimator masks the continuation); {denoiser.name!r} is a uniform-noise model "
+                                     f"without one. Run generate_until tasks")
         results = []
         for req, key in _progress(list(zip(requests, keys)), "dllm loglikelihood", disable_tqdm or self._rank != 0):
             context, continuation = self._encode_pair(*req.args)
