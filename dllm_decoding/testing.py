@@ -55,6 +55,13 @@ class _ScriptedSession(DecodeSession):
         prob = torch.cat([torch.ones(canvas.shape[0], prompt_len, dtype=torch.float64, device=device), answer_prob], dim=1)
         return _distribution_logits(tokens, prob, den.vocab_size, den.mask_id).to(den.dtype)
 
+    def forward_prefix(self, canvas, rows, visible):
+        """The script does not depend on the canvas: a prefix gets its columns of the step's
+        predictions (the rest of the canvas is the placeholder it would hold)."""
+        width = self.attention_mask.shape[1]
+        full = torch.cat([canvas, canvas.new_zeros(canvas.shape[0], width - canvas.shape[1])], dim=1)
+        return self.forward(full, rows)[:, :canvas.shape[1]]
+
 
 class ScriptedModel(Denoiser):
     """A denoiser whose answer-region predictions follow a script, per forward of each row.
@@ -111,8 +118,14 @@ class ScriptedModel(Denoiser):
 
 class _ContextSession(DecodeSession):
     def forward(self, canvas, rows):
+        return self._forward(canvas, self.rows_mask(rows))
+
+    def forward_prefix(self, canvas, rows, visible):
+        """A canvas prefix: the context sums what each row sees (its own prefix, real tokens)."""
+        return self._forward(canvas, self.rows_mask(rows)[:, :canvas.shape[1]] * visible)
+
+    def _forward(self, canvas, mask):
         den: ContextModel = self.denoiser  # type: ignore[assignment]
-        mask = self.rows_mask(rows)
         position = (mask.cumsum(dim=1) - 1).clamp(min=0)  # relative to the first real token
         weights = den.position_weight.to(canvas.device)[position]  # (b, T) int64
         # exact integer context summary: unaffected by left padding (pads weigh 0)

@@ -12,7 +12,8 @@ Each block is decoded in *cycles*. A cycle's span starts where the previous one 
   last ``window`` estimates have a standard deviation below ``stability``; if none is stable, it
   is the mean of the last ``window`` estimates, rounded down.
 * **Fast phase**: until the span ``[s, end)`` is full, every step commits its open positions with
-  confidence >= ``high_threshold``, else its most confident one. Then the next cycle starts at
+  confidence >= ``high_threshold``, else its most confident one; its forwards after the first
+  see the canvas up to the span's end only (``truncate_fast``). Then the next cycle starts at
   ``end``.
 
 Per-row memory (span start and end, phase step, the estimates) lives in ``state.plugin_state``
@@ -68,6 +69,9 @@ class SlowFastOptions(OptionsModel):
     end_explore_when_stable: StrictBool = Field(False, description="the paper's rule: the slow phase ends at the "
                                                                    "first stable estimate; the reference code "
                                                                    "always takes all `explore_steps`")
+    truncate_fast: StrictBool = Field(True, description="as the reference: a fast phase's forwards after its first "
+                                                        "run the model on the canvas up to the span's end only "
+                                                        "(False: every forward sees the whole canvas)")
 
 
 class SlowFast(Component):
@@ -76,8 +80,9 @@ class SlowFast(Component):
     estimating how far confidence >= ``span_threshold`` reaches until ``window`` estimates
     agree), then a fast phase that fills the span ``[start, end)`` in parallel (>=
     ``high_threshold``, else its best one); the next cycle starts at the span end. Exact to
-    LiangrunFlora/Slow-Fast-Sampling's ``generate_slow_fast_sampling`` with full forwards
-    (docs/reference-equivalence.md: its fast phase also truncates the canvas)."""
+    LiangrunFlora/Slow-Fast-Sampling's ``generate_slow_fast_sampling``, whose fast phase runs
+    its later forwards on the canvas up to the span's end (``truncate_fast``, through the
+    ``forward_extent`` hook)."""
 
     name = "slow_fast"
     hook_point = "select"
@@ -94,7 +99,22 @@ class SlowFast(Component):
             "history": torch.zeros(b, self.options.window, dtype=torch.long, device=device),
             "count": zeros,  # estimates in the history (at most window)
             "fixed": torch.zeros(b, dtype=torch.bool, device=device),  # the span end is decided
+            "fast_steps": zeros,  # fast-phase steps taken in this cycle
         }
+
+    @hookimpl
+    def forward_extent(self, state):
+        """The reference's truncated fast phase: after a cycle's first fast forward, the model
+        sees the canvas up to the span's end (the next forward of a full span is the next
+        cycle's first slow one: the whole canvas)."""
+        if not self.options.truncate_fast:
+            return None
+        memory = state.plugin_state[self.state_key]
+        cols = torch.arange(state.block_length, device=state.device)[None, :]
+        span = (cols >= memory["start"][:, None]) & (cols < memory["end"][:, None])
+        fast = (memory["explored"] >= self.options.explore_steps) & (memory["fast_steps"] > 0)
+        truncated = fast & (state.selectable & span).any(dim=1)
+        return torch.where(truncated, state.block_start + memory["end"], state.canvas.shape[1])
 
     @hookimpl
     def select(self, state, proposal):
@@ -102,6 +122,7 @@ class SlowFast(Component):
         memory = state.plugin_state[self.state_key]
         start, end, explored = memory["start"], memory["end"], memory["explored"]
         history, count, fixed = memory["history"], memory["count"], memory["fixed"]
+        fast_steps = memory["fast_steps"]
         active, selectable = state.active_rows, state.selectable
         confidence = torch.where(selectable, proposal.confidence, NEG_INF)
         cols = torch.arange(state.block_length, device=confidence.device)[None, :]
@@ -114,8 +135,10 @@ class SlowFast(Component):
         explored = torch.where(done, 0, explored)
         count = torch.where(done, 0, count)
         fixed = fixed & ~done
+        fast_steps = torch.where(done, 0, fast_steps)
 
         slow = active & (explored < k)
+        fast_steps = fast_steps + (active & ~slow).long()
         # span-end estimate: one past the farthest open position from `start` on with
         # confidence >= span_threshold, else start + 1
         ahead = cols >= start[:, None]
@@ -146,7 +169,8 @@ class SlowFast(Component):
         none = active & ~high.any(dim=1)
         chosen = high | span_top1(confidence, start, stop, none)
         state.plugin_state[self.state_key] = {"start": start, "end": end, "explored": explored,
-                                              "history": history, "count": count, "fixed": fixed}
+                                              "history": history, "count": count, "fixed": fixed,
+                                              "fast_steps": fast_steps}
         return chosen & selectable
 
 

@@ -4,6 +4,8 @@ on the reference model, a left-padded batch decodes as its rows alone, and both 
 conformance suite (tests/test_conformance.py runs it on the presets' defaults; here on other
 options)."""
 
+import functools
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -83,11 +85,13 @@ def test_local_leap_with_radius_zero_is_fast_dllm_threshold():
 @SETTINGS
 @given(case=cases(), explore=st.integers(1, 8), span=st.sampled_from([0.0, 0.1, 0.3, 0.6]),
        high=st.sampled_from([0.5, 0.85, 0.9, 0.99]), window=st.integers(1, 4),
-       stability=st.sampled_from([0.5, 1.0, 2.0]), early=st.booleans())
-def test_slow_fast_equals_slow_fast_sampling(case, explore, span, high, window, stability, early):
+       stability=st.sampled_from([0.5, 1.0, 2.0]), early=st.booleans(), truncate=st.booleans())
+def test_slow_fast_equals_slow_fast_sampling(case, explore, span, high, window, stability, early, truncate):
+    """truncate_fast (the default) runs a fast phase's later forwards on the canvas up to the
+    span's end, as the reference does; False forwards the whole canvas."""
     model, prompt, gen_length, block = case
     options = {"explore_steps": explore, "span_threshold": span, "high_threshold": high, "window": window,
-               "stability": stability, "end_explore_when_stable": early}
+               "stability": stability, "end_explore_when_stable": early, "truncate_fast": truncate}
     ours = dd.generate(model, prompt, "slow_fast", gen_length=gen_length, block_length=block,
                        overrides={f"select.{k}": v for k, v in options.items()})
     assert_same_as_reference(ours, slow_fast_generate(toy_logits_fn(model), prompt.clone(), gen_length=gen_length, block_length=block,
@@ -148,7 +152,8 @@ def test_both_equal_their_references_on_the_reference_model(reference, task_name
     block = task.gen_length // 2 if task.gen_length % 2 == 0 else task.gen_length
     examples = task.examples("test", 4, seed=3)
     batch, mask = encode_batch(tokenizer, examples, task)
-    for preset, oracle in (("local_leap", local_leap_generate), ("slow_fast", slow_fast_generate)):
+    for preset, oracle in (("local_leap", local_leap_generate),
+                           ("slow_fast", functools.partial(slow_fast_generate, truncate_fast=True))):
         batched = dd.generate(model, batch, preset, attention_mask=mask, gen_length=task.gen_length,
                               block_length=block)
         for row, example in enumerate(examples):

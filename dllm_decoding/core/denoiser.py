@@ -58,6 +58,15 @@ class DecodeSession:
                          f"forward_extended; use a model whose forward takes a 4-D attention_mask and "
                          f"position_ids (the reference model, LLaDA, any Hugging Face model that does)")
 
+    def forward_prefix(self, canvas: torch.Tensor, rows: torch.Tensor | None,
+                       visible: torch.Tensor) -> torch.Tensor:
+        """Logits ``(b, S, V)`` of a canvas prefix ``(b, S)`` as if the canvas ended there, with
+        ``visible`` ``(b, S)`` bool: columns a row's forward may attend to (False beyond that
+        row's own, shorter prefix). Models that cannot run it say so."""
+        raise InputError(f"model {self.denoiser.name!r} cannot run a forward on a canvas prefix (a "
+                         f"forward_extent, e.g. SlowFast's truncated fast phase): its session does not "
+                         f"implement forward_prefix; set the component's option to forward the whole canvas")
+
     def observe_fused(self, logits: torch.Tensor, rows: torch.Tensor | None) -> None:
         """The fused logits ``(b, L, V)`` of this step's block (for self-conditioning models);
         ignored by default (and then never computed)."""

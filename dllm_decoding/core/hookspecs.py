@@ -229,6 +229,24 @@ def early_commit(state, proposal, logits):
     """
 
 
+@hookspec
+def forward_extent(state):
+    """Optionally run this step's forward on a prefix of the canvas only (SlowFast's fast phase
+    runs the model on the canvas up to its span's end: later columns are neither computed nor
+    attended to). Any component may implement it next to its step hook.
+
+    :param state: the decode state before the step's forward.
+    :return: None (the whole canvas), or a long tensor ``(B,)`` of canvas columns: row ``b``'s
+        forward covers columns ``[0, extent[b])``, at least one column of the current block. The
+        core runs the rows forwarded together on the longest of their prefixes, with the columns
+        beyond a row's own extent hidden from it (as padding is), so each row gets the logits of
+        its own truncated canvas; block columns beyond a row's extent get zero logits (a uniform
+        distribution): the rule must not commit there. Not with extra positions, canvas-wide
+        logits, drafts or a key-value cache. Every implementation is called; the largest extent
+        wins.
+    """
+
+
 # --------------------------------------------------------------------------- lifecycle hooks
 
 

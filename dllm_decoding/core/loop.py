@@ -158,6 +158,11 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                          f"{denoiser.name!r} computes the current block's only (a key-value cache's windows: "
                          f"drop --kv-cache; a block decoder such as DiffusionGemma's has no others)")
     canvas_logits = None  # this step's canvas-wide logits, for an early commit
+    truncates = pipeline.has("forward_extent")
+    if truncates and (wants_canvas or extends or drafts is not None):
+        raise InputError("a forward_extent (a forward on a canvas prefix, e.g. SlowFast's fast phase) with extra "
+                         "positions, canvas-wide logits or drafts in one strategy: those need the whole canvas; "
+                         "use one")
     calls = 0  # batched model calls
     all_rows = state.active_rows  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
@@ -193,8 +198,11 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             if any(forwarded):
                 ask = rows if forwarded == active_list else torch.tensor(forwarded, device=device).nonzero().squeeze(1)
                 canvas_in = state.canvas if ask is None else state.canvas[ask]
+                extent = pipeline.forward_extent(state) if truncates else None
                 if extends:
                     raw, extra = _extended_forward(pipeline, state, session, canvas_in, ask, vocab, denoiser.name)
+                elif extent is not None:
+                    raw = _prefix_forward(session, canvas_in, ask, extent, start, end, vocab, denoiser.name)
                 else:
                     raw = session.forward(canvas_in, ask)
                 logits = _block_logits(raw, canvas_in.shape[0], total, start, end, vocab, denoiser.name)
@@ -368,6 +376,27 @@ def _edits(pipeline: Pipeline, state: DecodeState, proposal: Proposal, commit: t
     edited = check_mask(comp, "edit", chosen, tuple(commit.shape)) & decided_before & (proposal.tokens != block_tokens)
     check_committed_tokens(proposal, edited, logits, fused, pipeline, scorer, state)
     return edited
+
+
+def _prefix_forward(session: DecodeSession, canvas: torch.Tensor, rows: torch.Tensor | None, extent: list[int],
+                    start: int, end: int, vocab: int, name: str) -> torch.Tensor:
+    """The block's logits of a forward on each row's canvas prefix ``[0, extent[row])``: the
+    rows run together on the longest prefix, columns beyond a row's own hidden from it."""
+    own = extent if rows is None else [extent[r] for r in rows.tolist()]
+    stop = max(own)
+    if stop >= canvas.shape[1]:
+        return session.forward(canvas, rows)
+    visible = torch.arange(stop, device=canvas.device)[None, :] < torch.tensor(own, device=canvas.device)[:, None]
+    logits = session.forward_prefix(canvas[:, :stop], rows, visible)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (canvas.shape[0], stop, vocab):
+        raise ModelError(f"model {name!r}: forward_prefix returned {getattr(logits, 'shape', type(logits))!r}, "
+                         f"expected {(canvas.shape[0], stop, vocab)}")
+    block = logits[:, start:end]
+    if stop < end:
+        block = torch.cat([block, block.new_zeros(block.shape[0], end - stop, vocab)], dim=1)
+    # block columns beyond a row's own prefix have no prediction: zeros (a uniform distribution)
+    beyond = torch.arange(start, end, device=canvas.device)[None, :] >= torch.tensor(own, device=canvas.device)[:, None]
+    return block.masked_fill(beyond[..., None], 0.0) if bool(beyond.any()) else block
 
 
 def _canvas_logits(raw: torch.Tensor, rows: torch.Tensor | None, batch: int, total: int, vocab: int,

@@ -19,6 +19,8 @@ from .state import DecodeState, Proposal
 
 STEP_HOOKS = ("fuse", "score", "select", "edit", "remask", "renoise", "draft", "extend", "early_commit")
 LIFECYCLE_HOOKS = ("on_decode_start", "on_block_start", "on_step_end", "on_decode_end")
+#: hooks any component may implement besides its step hook, every implementation called
+SHARED_HOOKS = ("forward_extent",)
 
 
 class Pipeline:
@@ -42,7 +44,7 @@ class Pipeline:
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"component {exc.plugin!r} implements an unknown hook: {exc}") from exc
         self._callers: dict[str, list[tuple[Component, Any]]] = {}
-        for hook in STEP_HOOKS + LIFECYCLE_HOOKS:
+        for hook in STEP_HOOKS + LIFECYCLE_HOOKS + SHARED_HOOKS:
             callers = []
             for comp in self.components:
                 impls = [i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is comp]
@@ -71,6 +73,23 @@ class Pipeline:
     def broadcast(self, hook: str, **kwargs: Any) -> None:
         for comp, caller in self._callers[hook]:
             self._guarded(hook, comp, caller, {}, **kwargs)
+
+    def forward_extent(self, state: DecodeState) -> list[int] | None:
+        """The canvas columns this step's forward covers per row: the largest any component asks
+        for (a component returning None asks for the whole canvas), checked; None: all."""
+        batch, total = state.canvas.shape
+        extent = None
+        for comp, caller in self._callers["forward_extent"]:
+            asked = self._guarded("forward_extent", comp, caller, {}, state=state)
+            if asked is None:
+                return None
+            if (not isinstance(asked, torch.Tensor) or asked.dtype != torch.long or tuple(asked.shape) != (batch,)
+                    or bool(((asked <= state.block_start) | (asked > total)).any())):
+                raise PluginError(f"component {comp.name!r}: forward_extent must return a long tensor of shape "
+                                  f"({batch},) of canvas columns in [{state.block_start + 1}, {total}] (at least "
+                                  f"one block column), or None; got {_describe(asked)}")
+            extent = asked if extent is None else torch.maximum(extent, asked)
+        return None if extent is None else extent.tolist()
 
     def fuse(self, state: DecodeState, logits: torch.Tensor) -> torch.Tensor:
         for comp, caller in self._callers["fuse"]:

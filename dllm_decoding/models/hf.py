@@ -72,6 +72,25 @@ class _HFSession(DecodeSession):
         logits = out.logits if hasattr(out, "logits") else out[0]
         return logits[:, :total], logits[:, total:]
 
+    def forward_prefix(self, canvas, rows, visible):
+        """The model on a canvas prefix, columns beyond a row's own prefix masked as padding is
+        (no mask at all when nothing is hidden or padded, as the plain forward)."""
+        den: HFMaskedDiffusionModel = self.denoiser  # type: ignore[assignment]
+        if den.kv_cache is not None:
+            raise InputError("a forward on a canvas prefix (forward_extent, e.g. SlowFast's fast phase) does not run "
+                             "with kv_cache: drop --kv-cache")
+        mask = self.rows_mask(rows)[:, :canvas.shape[1]].to(torch.long) * visible
+        extra: dict[str, Any] = {}
+        if bool((mask == 0).any()):
+            if not den.takes_attention_mask:
+                raise InputError(f"{type(den.model).__name__}.forward takes no attention_mask, so rows with different "
+                                 f"canvas prefixes (forward_extent) cannot share a forward; decode them one at a time")
+            extra["attention_mask"] = mask
+        with torch.no_grad():
+            out = den.model(input_ids=canvas, **extra)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return _align_next_token_logits(logits) if den.shift_logits else logits
+
     def _cached_forward(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """Fast-dLLM's key-value cache: the block's first step runs the whole canvas and keeps
         every layer's keys and values; later steps of the block compute only a window (the block
