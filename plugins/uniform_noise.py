@@ -24,6 +24,8 @@ the renoiser (``scoring.categorical_entropy``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field, model_validator
 
@@ -97,6 +99,11 @@ class StableAndConfident(Component):
 class EntropyBoundSampleOptions(OptionsModel):
     entropy_bound: FiniteFloat = Field(0.1, gt=0.0, description="accept the lowest-entropy positions while their "
                                                                  "summed entropy minus the largest is at most this")
+    draws: Literal["row", "batch"] = Field(
+        "row", description="row: each row draws from its own generator (a row decodes as alone); batch: one "
+                           "generator seeded with row 0's seed draws batch-shaped for every row, the block's noise "
+                           "included, as generate() does with the global generator (pass eos_id=None: its finished "
+                           "rows stay in the batch)")
 
 
 class EntropyBoundSample(Component):
@@ -110,13 +117,30 @@ class EntropyBoundSample(Component):
     Options = EntropyBoundSampleOptions
 
     @hookimpl
+    def on_decode_start(self, state):
+        if self.options.draws == "batch":
+            state.plugin_state[self.state_key] = torch.Generator(device=state.device).manual_seed(
+                state.generators[0].initial_seed())
+
+    @hookimpl
     def renoise(self, state, proposal):
+        batch_draws = self.options.draws == "batch"
+        if proposal is None:  # a block starts: its noise, batch-shaped, or the model's own
+            if not batch_draws:
+                return None
+            return torch.randint(0, state.vocab_size, (state.batch_size, state.block_length),
+                                 generator=state.plugin_state[self.state_key], device=state.device)
         logits = proposal.logits
         entropy = categorical_entropy(state, logits)
         ordered, order = torch.sort(entropy, dim=-1)  # the reference's (unstable) sort
         keep = torch.cumsum(ordered, dim=-1) - ordered <= self.options.entropy_bound
         accepted = torch.zeros_like(keep).scatter(-1, order, keep)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        if batch_draws:  # every row, finished ones included, in one draw each (generate()'s order)
+            generator = state.plugin_state[self.state_key]
+            sample = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(accepted.shape)
+            noise = torch.randint(0, state.vocab_size, accepted.shape, generator=generator, device=logits.device)
+            return torch.where(accepted, sample, noise)
         tokens = torch.zeros(accepted.shape, dtype=torch.long, device=logits.device)
         for row in state.active_rows.nonzero().flatten().tolist():  # per row: its own generator
             generator = state.generators[row]
@@ -135,7 +159,9 @@ class UniformNoise(Component):
     hook_point = "renoise"
 
     @hookimpl
-    def renoise(self, state):
+    def renoise(self, state, proposal):
+        if proposal is None:  # a block starts: the model's own noise
+            return None
         tokens = torch.zeros(state.batch_size, state.block_length, dtype=torch.long, device=state.device)
         for row in state.active_rows.nonzero().flatten().tolist():
             tokens[row] = torch.randint(0, state.vocab_size, (state.block_length,), generator=state.generators[row],

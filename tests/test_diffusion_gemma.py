@@ -296,3 +296,41 @@ def test_lm_eval_generate_until_decodes_whole_canvases(checkpoint):
     with pytest.raises(dllm_model.UnsupportedRequest, match="loglikelihood needs a \\[MASK\\] token"):
         lm.loglikelihood([Instance(request_type="loglikelihood", doc={}, arguments=("a", " b"), idx=0,
                                    metadata=("t", 0, 1))])
+
+
+def _pad_after_first_eos(answers: torch.Tensor, eos: int | None) -> torch.Tensor:
+    out = answers.clone()
+    if eos is None:
+        return out
+    seen = (answers == eos).long().cumsum(dim=1)
+    out[(seen > 1) | ((seen == 1) & (answers != eos))] = PAD
+    return out
+
+
+@pytest.mark.parametrize("case", CASES[:12], ids=[f"case{c['index']}" for c in CASES[:12]])
+def test_batch_draws_equal_generate_on_the_whole_batch(models, case):
+    """draws = "batch": one generator, batch-shaped draws, finished rows kept in the batch (no
+    EOS early stop here): the batch equals generate() on the same batch, as its own draws give."""
+    model = models[case["canvas"]]
+    rows = max(case["rows"], 2)
+    gen = torch.Generator().manual_seed(case["seed"])
+    width = case["prompt_length"]
+    prompt = torch.randint(3, VOCAB - 1, (rows, width), generator=gen)
+    mask = torch.ones(rows, width, dtype=torch.long)
+    if case["padded"]:
+        mask[1:, :1] = 0
+        prompt[1:, :1] = PAD
+    overrides = {"max_steps_per_block": case["steps"], "renoise.entropy_bound": case["entropy_bound"],
+                 "renoise.draws": "batch", "select.stability_threshold": case["stability"],
+                 "select.confidence_threshold": case["confidence"]}
+    ours = dd.generate(model, prompt, "diffusion_gemma", gen_length=case["gen_length"], block_length=case["canvas"],
+                       attention_mask=mask, seed=case["seed"], overrides=overrides)
+    torch.manual_seed(case["seed"])
+    theirs = model.generate(prompt, attention_mask=mask, max_new_tokens=case["gen_length"],
+                            max_denoising_steps=case["steps"],
+                            sampler_config=EntropyBoundSamplerConfig(entropy_bound=case["entropy_bound"]),
+                            stability_threshold=case["stability"], confidence_threshold=case["confidence"],
+                            eos_token_id=case["eos"], pad_token_id=PAD, return_dict_in_generate=True)
+    answer = theirs.sequences[:, width:]
+    mine = _pad_after_first_eos(ours.answers, case["eos"])[:, :answer.shape[1]]
+    assert mine.tolist() == answer.tolist()

@@ -154,8 +154,11 @@ def renoise(state, proposal, commit):
     fresh random token everywhere else, every step).
 
     :param state: the decode state, *after* this step's commits and remasks were applied.
-    :param proposal: this step's proposal.
-    :param commit: bool ``(B, L)``: the block positions committed in this step.
+    :param proposal: this step's proposal; None in the call at a block's start, before its
+        first forward, where the component may set the block's starting tokens (None: keep the
+        model's noise).
+    :param commit: bool ``(B, L)``: the block positions committed in this step (None at a
+        block's start).
     :return: long tensor ``(B, L)`` of token ids in ``[0, vocab_size)``, or None (keep the
         current tokens). The core writes them at the block positions still open in active rows;
         it calls the hook in every step of every active row, also in a row's last step of the

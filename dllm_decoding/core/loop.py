@@ -174,6 +174,12 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         start, end = state.block_start, state.block_end
         session.start_block(start, end)
         _draw_block_noise(state, session, denoiser.name)
+        if renoises:  # a renoise component may set the block's starting tokens itself
+            comp, tokens = pipeline.first("renoise", state=state, proposal=None, commit=None)
+            if tokens is not None:
+                tokens = check_tokens(comp, "renoise", tokens, (batch, block_len), vocab)
+                state.canvas, state.open = _with_block(state, torch.where(state.selectable, tokens, state.block_canvas),
+                                                       state.selectable)
         if drafts is not None:
             drafts.reset()
         pipeline.broadcast("on_block_start", state=state)
