@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .core.errors import ConfigError, did_you_mean
+from .text import left_pad
 
 SPLITS = ("train", "validation", "test")
 #: the most examples one call draws (a larger n would only exhaust memory or the task)
@@ -203,14 +204,8 @@ def encode_batch(tokenizer, examples: list[Example], task: Task) -> tuple[torch.
         if unknown:
             raise ValueError(f"prompt {ex.prompt!r} has characters outside the task alphabet: "
                              f"{''.join(sorted(unknown))!r}")
-    ids = [tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in examples]
-    width = max(len(i) for i in ids)
-    prompt = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        prompt[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
-    return prompt, mask
+    return left_pad([tokenizer.encode(ex.prompt, add_special_tokens=False) for ex in examples],
+                    tokenizer.pad_token_id)
 
 
 def encode_answers(tokenizer, examples: list[Example], task: Task) -> torch.Tensor:

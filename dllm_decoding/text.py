@@ -94,13 +94,27 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str], device: Any = "cpu") ->
     for number, row in enumerate(rows, start=1):
         if not row:
             raise InputError(f"prompt {number} is empty after tokenization; give at least one token")
-    pad = next((i for i in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
-                if i is not None), 0)  # any real token: the attention mask hides it
+    return left_pad(rows, padding_id(tokenizer), device)
+
+
+def padding_id(tokenizer: Any) -> int:
+    """The id left padding is filled with: the tokenizer's pad id, else its EOS id, else 0 (any
+    real token: the attention mask hides it)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as one left-padded batch ``(ids, attention_mask)`` (long, ``(B, P)``) on
+    ``device``."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
         mask[i, width - len(row):] = 1
     return ids.to(device), mask.to(device)
 

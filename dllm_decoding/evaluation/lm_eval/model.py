@@ -25,6 +25,7 @@ from ...core.denoiser import as_denoiser
 from ...core.errors import ConfigError
 from ...core.loop import generate
 from ...models import HFMaskedDiffusionModel
+from ...text import left_pad, padding_id
 from ..loading import is_reference_checkpoint, load_model
 from . import require_lm_eval
 from .likelihood import mc_loglikelihood
@@ -169,7 +170,7 @@ class DllmLM(LM):
             batches += [(task, gen_length, members[s:s + size]) for s in range(0, len(members), size)]
         eos = getattr(tokenizer, "eos_token_id", None)
         for task, gen_length, rows in _progress(batches, "dllm generate_until", disable_tqdm or self._rank != 0):
-            prompt, mask = _left_pad([contexts[i] for i in rows], _pad_id(tokenizer), self._device)
+            prompt, mask = left_pad([contexts[i] for i in rows], padding_id(tokenizer), self._device)
             strategy = self.options.strategy_for(gen_length if fixed is None else -(-gen_length // fixed) * fixed)
             started = time.perf_counter()
             out = generate(model, prompt, strategy, attention_mask=mask, seed=[plans[i]["seed"] for i in rows],
@@ -372,23 +373,6 @@ def _full_logits(denoiser: Any, device: torch.device):
         return session.forward(ids, None)
     return logits_fn
 
-
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def _decode(tokenizer: Any, ids: torch.Tensor, eos: int | None, until: list[str]) -> str:
