@@ -176,9 +176,9 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def plot(payload: dict[str, Any], path: Path) -> Path:
     """Credit-caused error rate and accuracy against the noise level, one line per (model, target)."""
-    from .plots import _plt
+    from .plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in payload["pooled"]:
@@ -199,10 +199,7 @@ def plot(payload: dict[str, Any], path: Path) -> Path:
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write(payload: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -11,7 +11,8 @@ import torch
 from .metrics import pareto_front
 
 
-def _plt():
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported when a plot is asked for)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,9 +21,17 @@ def _plt():
     return plt
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it as PNG to ``path`` and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
 def plot_accuracy_vs_tpf(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """One line per strategy over its settings (mean over tasks), Pareto front of all in black."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_strategy: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
@@ -37,49 +46,43 @@ def plot_accuracy_vs_tpf(rows: list[dict[str, Any]], path: Path, title: str) -> 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_nfe_histogram(nfe_by_label: dict[str, list[int]], path: Path, title: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     top = max(max(v) for v in nfe_by_label.values())
     bins = range(0, top + 2)
     for label, values in nfe_by_label.items():
         ax.hist(values, bins=bins, alpha=0.5, label=label)
-    return _finish(plt, fig, ax, path, "forwards per sample (NFE)", "samples", title)
+    return _finish(fig, ax, path, "forwards per sample (NFE)", "samples", title)
 
 
 def plot_commit_gap(gaps_by_label: dict[str, torch.Tensor], path: Path, title: str) -> Path:
     """Histogram of (commit step - earliest step from which the token was already final)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     top = int(max(int(g.max()) for g in gaps_by_label.values())) if gaps_by_label else 1
     for label, gaps in gaps_by_label.items():
         ax.hist(gaps.flatten().tolist(), bins=range(0, top + 2), alpha=0.5,
                 label=f"{label} (mean {gaps.double().mean():.2f})")
-    return _finish(plt, fig, ax, path, "steps between 'already right' and 'committed'", "tokens", title)
+    return _finish(fig, ax, path, "steps between 'already right' and 'committed'", "tokens", title)
 
 
-def _finish(plt: Any, fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     """Label a histogram, write it as PNG and free the figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_decode(trace: Any, row: int, path: Path, title: str) -> Path:
     """Positions x steps: masked & wrong proposal / masked & right proposal / committed now /
     decided earlier."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     steps, _, g = trace.argmax.shape
@@ -104,7 +107,4 @@ def plot_decode(trace: Any, row: int, path: Path, title: str) -> Path:
     ax.legend(handles=[Patch(color=c, label=l) for c, l in zip(
         cmap.colors, ["masked, argmax wrong", "masked, argmax already final", "committed now", "decided"])],
         fontsize=7, loc="upper right", bbox_to_anchor=(1.0, -0.12), ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -291,11 +291,9 @@ def scaling_markdown(payload: dict[str, Any]) -> str:
 
 def plot_scaling(payload: dict[str, Any], path: Any) -> Any:
     """Loop time per step and peak memory against gen_length, one line per (strategy, batch, dtype)."""
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in payload["results"]:
         groups.setdefault((r["strategy"], r["batch"], r["dtype"]), []).append(r)
@@ -316,7 +314,4 @@ def plot_scaling(payload: dict[str, Any], path: Any) -> Any:
         ax.grid(alpha=0.3)
     time_ax.legend(fontsize=6, ncol=2)
     fig.suptitle(f"the loop's cost vs generation length (synthetic model, V = {payload['meta']['vocab']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

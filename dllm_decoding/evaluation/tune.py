@@ -471,9 +471,9 @@ def markdown(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], path: Path) -> Path:
     """Accuracy vs mean NFE of every evaluated setting (validation), the front, the target and the
     chosen point."""
-    from .plots import _plt
+    from .plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     trace = result["trace"]
     for phase, marker in (("preset", "s"), ("coarse", "o"), ("refine", "^")):
@@ -496,7 +496,4 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"tune {result['strategy']} on {result['task']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
