@@ -181,6 +181,22 @@ class ContextModel(Denoiser):
         return _ContextSession(self, attention_mask)
 
 
+def registry_with(*components: Any) -> Any:
+    """A registry of the built-in components and presets plus ``components`` (Component classes;
+    no entry-point plugins): unit-test a component without packaging it as a plugin."""
+    from .core.hookspecs import hookimpl
+    from .core.manager import get_registry, make_plugin_manager
+
+    class _Plugin:
+        @staticmethod
+        @hookimpl
+        def dllm_decoding_register_components(register):
+            for component in components:
+                register(component)
+
+    return get_registry(make_plugin_manager(load_entrypoints=False, plugins=[_Plugin()]))
+
+
 def refuses_kv_cache(strategy: Any) -> bool:
     """Whether a strategy is refused with the key-value cache, by design: it drafts canvases,
     adds extra positions to the forward, or reads canvas-wide logits (an early commit, KLASS's

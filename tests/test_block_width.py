@@ -10,7 +10,7 @@ import torch
 import dllm_decoding as dd
 from dllm_decoding.core.denoiser import DecodeSession, Denoiser
 from dllm_decoding.reference import ReferenceConfig, ReferenceModelForMaskedLM
-from dllm_decoding.testing import ContextModel, refuses_kv_cache
+from dllm_decoding.testing import ContextModel, refuses_kv_cache, registry_with
 
 PROMPT = torch.tensor([[1, 2, 3], [0, 4, 5]])
 PADDING = torch.tensor([[1, 1, 1], [0, 1, 1]])
@@ -121,17 +121,6 @@ class _Scorer(dd.Component):
                            logits=logits)
 
 
-def _registry(*components):
-    class Plugin:
-        @staticmethod
-        @dd.hookimpl
-        def dllm_decoding_register_components(register):
-            for c in components:
-                register(c)
-
-    return dd.get_registry(dd.make_plugin_manager(load_entrypoints=False, plugins=[Plugin]))
-
-
 def test_progress_never_commits_a_prompt_position():
     """All -inf confidences: the progress rule picks an open block position, not column 0."""
     class NeverSure(_Scorer):
@@ -139,7 +128,7 @@ def test_progress_never_commits_a_prompt_position():
         confidence = float("-inf")
 
     out = dd.generate(ContextModel(9), torch.tensor([[1, 2, 3]]), {"score": {"use": "never_sure"},
-                      "select": {"use": "threshold"}}, gen_length=4, registry=_registry(NeverSure))
+                      "select": {"use": "threshold"}}, gen_length=4, registry=registry_with(NeverSure))
     assert out.sequences[0, :3].tolist() == [1, 2, 3] and int(out.nfe[0]) == 4
     assert not bool((out.answers == 8).any())
 
@@ -165,7 +154,7 @@ def test_remask_never_reopens_everything_a_row_decided():
             seen.append(bool((decided.any(dim=1) | ~record.active_rows).all()))
 
     out = dd.generate(ContextModel(9), torch.tensor([[1, 2, 3]]), {"select": {"use": "threshold"},
-                      "remask": {"use": "reopen_all"}}, gen_length=4, registry=_registry(ReopenAll),
+                      "remask": {"use": "reopen_all"}}, gen_length=4, registry=registry_with(ReopenAll),
                       observers=[Watch()])
     assert all(seen) and not bool((out.answers == 8).any())
 
@@ -207,7 +196,7 @@ def test_bad_plugin_values_name_the_plugin(fault, message):
         name = "mask_token"
         token = 8
 
-    registry = _registry(NanFuse, HugeToken, MaskToken)
+    registry = registry_with(NanFuse, HugeToken, MaskToken)
     strategy = {"fuse": [{"use": "nan_fuse"}], "select": {"use": "threshold"}} if fault == "nan_fuse" else \
         {"score": {"use": fault}, "select": {"use": "threshold"}}
     with pytest.raises(dd.PluginError) as info:
@@ -226,7 +215,7 @@ def test_a_plugin_written_for_canvas_width_is_told_about_block_width():
 
     with pytest.raises(dd.PluginError, match="step hooks see the current block only"):
         dd.generate(ContextModel(9), torch.tensor([[1, 2, 3]]), {"select": {"use": "canvas_select"}},
-                    gen_length=4, registry=_registry(CanvasSelect))
+                    gen_length=4, registry=registry_with(CanvasSelect))
 
 
 def test_padding_ids_come_back_as_given():

@@ -18,6 +18,7 @@ from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
 import dllm_decoding as dd
+from dllm_decoding.testing import registry_with
 
 VOCAB, PAD = 48, 47
 
@@ -204,12 +205,7 @@ def test_renoise_output_is_checked(models):
         def renoise(self, state):
             return torch.full((state.batch_size, state.block_length), state.vocab_size, dtype=torch.long)
 
-    class Plugin:
-        @dd.hookimpl
-        def dllm_decoding_register_components(self, register):
-            register(Bad)
-
-    registry = dd.get_registry(dd.make_plugin_manager(load_entrypoints=False, plugins=[Plugin()]))
+    registry = registry_with(Bad)
     prompt = torch.randint(3, VOCAB - 1, (1, 4))
     with pytest.raises(dd.PluginError, match="component 'bad_renoise': renoise returned token ids outside"):
         dd.generate(models[8], prompt, "diffusion_gemma", gen_length=8, block_length=8,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import dllm_decoding as dd
 from dllm_decoding.reference import load_reference_model
 from dllm_decoding.tasks import TASKS, encode_batch
-from dllm_decoding.testing import ContextModel, StrategyConformance
+from dllm_decoding.testing import ContextModel, StrategyConformance, registry_with
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -63,13 +63,7 @@ def test_a_bad_draft_names_the_component():
         def draft(self, state, proposal, commit):
             return state.block_canvas  # (B, L), not (B, D, L)
 
-    class Plugin:
-        @staticmethod
-        @dd.hookimpl
-        def dllm_decoding_register_components(register):
-            register(BadDraft)
-
-    registry = dd.get_registry(dd.make_plugin_manager(load_entrypoints=False, plugins=[Plugin]))
+    registry = registry_with(BadDraft)
     with pytest.raises(dd.PluginError, match="component 'bad_draft': draft must return None or a long tensor"):
         dd.generate(ContextModel(9), [[1, 2]], {"select": {"use": "topk", "k": 1}, "draft": {"use": "bad_draft"}},
                     gen_length=4, registry=registry)

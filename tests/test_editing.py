@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dllm_decoding as dd
-from dllm_decoding.testing import ContextModel, StrategyConformance
+from dllm_decoding.testing import ContextModel, StrategyConformance, registry_with
 from published_loops import sglang_joint_threshold_generate
 
 
@@ -67,13 +67,7 @@ def test_an_edit_component_may_only_touch_decided_positions():
         def on_step_end(self, state, record):
             seen.append((record.edited, record.commit))
 
-    class Plugin:
-        @staticmethod
-        @dd.hookimpl
-        def dllm_decoding_register_components(register):
-            register(EditEverything)
-
-    registry = dd.get_registry(dd.make_plugin_manager(load_entrypoints=False, plugins=[Plugin]))
+    registry = registry_with(EditEverything)
     out = dd.generate(ContextModel(9, seed=1, scale=1.0), torch.tensor([[1, 2]]),
                       {"select": {"use": "topk", "k": 1}, "edit": {"use": "edit_everything"}},
                       gen_length=4, registry=registry, observers=[Watch()])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dllm_decoding as dd
-from dllm_decoding.testing import ContextModel, ScriptedModel
+from dllm_decoding.testing import ContextModel, ScriptedModel, registry_with
 
 PROMPT = torch.tensor([[1, 2, 3]])
 
@@ -179,15 +179,6 @@ class Misspelled(dd.Component):
         pass
 
 
-def _registry_with(*components):
-    class Plugin:
-        @dd.hookimpl
-        def dllm_decoding_register_components(self, register):
-            for c in components:
-                register(c)
-    return dd.get_registry(dd.make_plugin_manager(load_entrypoints=False, plugins=[Plugin()]))
-
-
 @pytest.mark.parametrize("component, message", [
     (Exploding, "component 'exploding' (test_errors.Exploding) raised in hook 'select': ZeroDivisionError: boom"),
     (InPlace, "component 'in_place' modified its input 'logits' in place in hook 'fuse'"),
@@ -198,7 +189,7 @@ def _registry_with(*components):
     (Misspelled, "unknown hook"),
 ])
 def test_failing_plugin_is_named(model, component, message):
-    registry = _registry_with(component)
+    registry = registry_with(component)
     point = component.hook_point
     strategy = {"select": {"use": "threshold"}, point: [{"use": component.name}] if point == "fuse" else {"use": component.name}}
     with pytest.raises(dd.PluginError) as info:
@@ -216,7 +207,7 @@ def test_duplicate_component_name_names_both_plugins():
             return state.selectable
 
     with pytest.raises(dd.PluginError, match="registered twice: by plugin 'builtin:selection'"):
-        _registry_with(Dup)
+        registry_with(Dup)
 
 
 def test_component_without_its_hook_is_rejected():
@@ -225,12 +216,12 @@ def test_component_without_its_hook_is_rejected():
         hook_point = "select"
 
     with pytest.raises(dd.PluginError, match="defines no `select` method"):
-        _registry_with(NoHook)
+        registry_with(NoHook)
 
 
 def test_failure_leaves_no_partial_output(model):
     """An error mid-decode raises; there is no output object to misuse."""
-    registry = _registry_with(Exploding)
+    registry = registry_with(Exploding)
     with pytest.raises(dd.PluginError):
         out = dd.generate(model, PROMPT, {"select": "exploding"}, gen_length=4, registry=registry)
         assert out is None  # pragma: no cover
@@ -255,7 +246,7 @@ def test_hook_implementations_may_take_any_subset_of_arguments(model):
             return torch.nn.functional.one_hot(first, state.selectable.shape[1]).bool() & state.selectable
 
     out = dd.generate(model, PROMPT, {"select": {"use": "first_open"}}, gen_length=4, trace=True,
-                      registry=_registry_with(FirstOpen))
+                      registry=registry_with(FirstOpen))
     assert out.trace.commit_step()[0].tolist() == [0, 1, 2, 3]  # left to right, one per step
 
 
@@ -264,5 +255,5 @@ def test_plugin_objects_are_named_after_their_class_in_errors():
         name = "no_hook"
         hook_point = "select"
 
-    with pytest.raises(dd.PluginError, match=r"plugin '_registry_with\.<locals>\.Plugin': component 'no_hook'"):
-        _registry_with(NoHook)
+    with pytest.raises(dd.PluginError, match=r"plugin 'registry_with\.<locals>\._Plugin': component 'no_hook'"):
+        registry_with(NoHook)

@@ -16,7 +16,7 @@ from dllm_decoding.core import arguments
 from dllm_decoding.core.config import MAX_LENGTH, load_strategy, parse_overrides
 from dllm_decoding.evaluation import bench
 from dllm_decoding.plugins.selection import Threshold
-from dllm_decoding.testing import ContextModel
+from dllm_decoding.testing import ContextModel, registry_with
 
 PROMPT = torch.tensor([[1, 2, 3]])
 
@@ -266,13 +266,8 @@ def test_explicit_plugins_still_raise():
         name = "no_hook"
         hook_point = "select"
 
-    class Plugin:
-        @dd.hookimpl
-        def dllm_decoding_register_components(self, register):
-            register(NoHook)
-
     with pytest.raises(dd.PluginError, match="defines no `select` method"):
-        dd.get_registry(dd.make_plugin_manager(load_entrypoints=False, plugins=[Plugin()]))
+        registry_with(NoHook)
 
 
 def test_missing_preset_file_names_the_plugin(tmp_path):
