@@ -157,7 +157,6 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         raise InputError(f"{needy} needs the forward's logits for the whole canvas; model "
                          f"{denoiser.name!r} computes the current block's only (a key-value cache's windows: "
                          f"drop --kv-cache; a block decoder such as DiffusionGemma's has no others)")
-    canvas_logits = None  # this step's canvas-wide logits, for an early commit
     truncates = pipeline.has("forward_extent")
     if truncates and (wants_canvas or extends or drafts is not None):
         raise InputError("a forward_extent (a forward on a canvas prefix, e.g. SlowFast's fast phase) with extra "
@@ -166,6 +165,8 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
     calls = 0  # batched model calls
     all_rows = state.active_rows  # state.active_rows while every row decodes
     record_steps = pipeline.has("on_step_end")
+    # the default session's noise is [MASK], which the placeholder already holds
+    draws_noise = mask_id is None or type(session).initial_noise is not DecodeSession.initial_noise
     # a session that ignores the fused logits (the default) gets no copy of them
     observes_fused = type(session).observe_fused is not DecodeSession.observe_fused
     pipeline.broadcast("on_decode_start", state=state)
@@ -173,7 +174,8 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
         state.block_index, state.block_step = block, 0
         start, end = state.block_start, state.block_end
         session.start_block(start, end)
-        _draw_block_noise(state, session, denoiser.name)
+        if draws_noise:
+            _draw_block_noise(state, session, denoiser.name)
         if renoises:  # a renoise component may set the block's starting tokens itself
             comp, tokens = pipeline.first("renoise", state=state, proposal=None, commit=None)
             if tokens is not None:
@@ -214,8 +216,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                 logits = _block_logits(raw, canvas_in.shape[0], total, start, end, vocab, denoiser.name)
                 calls += 1
                 if wants_canvas:
-                    canvas_logits = state.canvas_logits = _canvas_logits(raw, ask, batch, total, vocab,
-                                                                          denoiser.name)
+                    state.canvas_logits = _canvas_logits(raw, ask, batch, total, vocab, denoiser.name)
                 if ask is not None:  # hooks see the whole batch; other rows get zeros (or drafts)
                     logits = logits.new_zeros(batch, *logits.shape[1:]).index_copy(0, ask, logits)
                     if extends:
@@ -247,7 +248,8 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
                     committed = [c + s for c, s in zip(committed, stalled)]
             exiting = None
             if early_commits:
-                comp, done = pipeline.first("early_commit", state=state, proposal=proposal, logits=canvas_logits)
+                comp, done = pipeline.first("early_commit", state=state, proposal=proposal,
+                                            logits=state.canvas_logits)
                 if done is not None:
                     done = check_mask(comp, "early_commit", done, (batch,)) & active
                     if bool(done.any()):  # the block commits now; the rest of the answer below
@@ -293,7 +295,7 @@ def _run(pipeline: Pipeline, strat: Strategy, denoiser: Any, prompt: torch.Tenso
             state.canvas, state.open = _with_block(state, block_tokens, block_open)
             filled = None
             if exiting is not None:
-                filled = _commit_rest(state, exiting, canvas_logits, denoiser.name)
+                filled = _commit_rest(state, exiting, state.canvas_logits, denoiser.name)
                 gone = exiting.tolist()
                 open_left = [0 if g else n for n, g in zip(open_left, gone)]
                 editing = [False if g else e for e, g in zip(editing, gone)]

@@ -118,8 +118,7 @@ class DiffusionGemmaSession(DecodeSession):
         model = self.denoiser.model
         if rows != self.cache_rows:  # rows that finished decoding (EOS) leave the cache for good
             if self.cache is not None:
-                keep = torch.tensor([self.cache_rows.index(r) for r in rows], device=new_tokens.device)
-                self.cache.batch_select_indices(keep)
+                self.cache.batch_select_indices(self._cache_positions(rows, new_tokens.device))
             self.cache_rows = rows
         if self.cache is None:
             from transformers import DynamicCache
@@ -138,6 +137,10 @@ class DiffusionGemmaSession(DecodeSession):
         self.encoded = start
         self.encoder_calls += 1
 
+    def _cache_positions(self, rows: list[int], device: torch.device) -> torch.Tensor:
+        """Where batch ``rows`` sit in the cache (which holds ``cache_rows``)."""
+        return torch.tensor([self.cache_rows.index(r) for r in rows], device=device)
+
     def _view(self, rows: list[int], block: torch.Tensor) -> tuple[Any, Any]:
         """The cache for ``rows`` (a shallow copy holding their slices when they are fewer than
         the cache's rows) and the decoder's attention masks, made once per block and rows."""
@@ -146,10 +149,9 @@ class DiffusionGemmaSession(DecodeSession):
             return self.views[key]
         cache = self.cache
         if rows != self.cache_rows:
-            keep = torch.tensor([self.cache_rows.index(r) for r in rows], device=block.device)
             cache = copy.copy(self.cache)
             cache.layers = [copy.copy(layer) for layer in self.cache.layers]
-            cache.batch_select_indices(keep)
+            cache.batch_select_indices(self._cache_positions(rows, block.device))
         model = self.denoiser.model
         start = self.block[0]
         mask = torch.nn.functional.pad(self.attention_mask[rows, :start].bool(), (0, block.shape[1]), value=True)
